@@ -1,0 +1,98 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("InternalImportsByDefault"),
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "keepstate",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "keepstate", targets: ["keepstate"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
+    ],
+    targets: [
+        // Value types: tuples, NAT, state, the per-VRF table. No I/O.
+        .target(name: "ConntrackModel", swiftSettings: strict),
+        // Wire format and pure session state machines. ByteBuffer only, no sockets.
+        .target(
+            name: "SyncProtocol",
+            dependencies: ["ConntrackModel", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: strict
+        ),
+        // keepalived-style configuration: lexer, parser, validated model.
+        .target(name: "Config", swiftSettings: strict),
+        // The Dataplane interface and the in-memory implementation with a traffic generator.
+        .target(name: "Dataplane", dependencies: ["ConntrackModel"], swiftSettings: strict),
+        // CA and node certificates for the sync connections.
+        .target(
+            name: "PKI",
+            dependencies: [
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ],
+            swiftSettings: strict
+        ),
+        // The sync engine: N mutually authenticated TLS connections per peer, resync, statistics.
+        .target(
+            name: "SyncEngine",
+            dependencies: [
+                "ConntrackModel", "SyncProtocol", "Dataplane", "PKI",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strict
+        ),
+        // Subcommands (a library so that tests can drive them).
+        .target(
+            name: "KeepstateCLI",
+            dependencies: [
+                "ConntrackModel", "SyncProtocol", "Dataplane", "SyncEngine", "PKI", "Config",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(name: "keepstate", dependencies: ["KeepstateCLI"], swiftSettings: strict),
+
+        .testTarget(name: "ConntrackModelTests", dependencies: ["ConntrackModel"], swiftSettings: strict),
+        .testTarget(
+            name: "SyncProtocolTests",
+            dependencies: ["SyncProtocol", "ConntrackModel", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: strict
+        ),
+        .testTarget(name: "ConfigTests", dependencies: ["Config"], swiftSettings: strict),
+        .testTarget(name: "DataplaneTests", dependencies: ["Dataplane", "ConntrackModel"], swiftSettings: strict),
+        .testTarget(name: "PKITests", dependencies: ["PKI"], swiftSettings: strict),
+        .testTarget(
+            name: "SyncEngineTests",
+            dependencies: [
+                "SyncEngine", "SyncProtocol", "Dataplane", "ConntrackModel", "PKI",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(name: "KeepstateCLITests", dependencies: ["KeepstateCLI", "Config"], swiftSettings: strict),
+    ],
+    swiftLanguageModes: [.v6]
+)

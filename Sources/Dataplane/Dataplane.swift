@@ -1,0 +1,37 @@
+public import ConntrackModel
+
+/// A VRF's conntrack table as the sync engine sees it.
+///
+/// Two implementations: `MemoryDataplane` (in-process, for tests without root and for
+/// benchmarks) and the kernel's table through libnetfilter_conntrack (its own module).
+public protocol Dataplane: AnyObject, Sendable {
+    /// The VRF this table belongs to.
+    var vrf: String { get }
+
+    /// How many conntracks the table holds.
+    var count: Int { get }
+
+    /// Every conntrack in the table.
+    func dump() throws -> [Conntrack]
+
+    /// The conntracks that `ConntrackKey.share(of: count) == share`. Consistent with the change
+    /// stream: every change delivered to a subscriber before this call returns is reflected in
+    /// the result, and every change not reflected is delivered after.
+    func snapshot(share: Int, of count: Int) -> [Conntrack]
+
+    /// Registers a sink for the table's changes, delivered in the order they happened, in
+    /// batches. The sink runs on the dataplane's own thread and must not block.
+    func subscribe(_ sink: @escaping @Sendable ([ConntrackUpdate]) -> Void) -> DataplaneSubscription
+
+    func unsubscribe(_ subscription: DataplaneSubscription)
+
+    /// Writes changes that come from the sync (a failover commit, say). They are not echoed to
+    /// subscribers: events caused by Keepstate's own writes are ignored.
+    func apply(_ updates: [ConntrackUpdate]) throws
+}
+
+/// A handle for `Dataplane.unsubscribe`.
+public struct DataplaneSubscription: Sendable, Hashable {
+    public let id: Int
+    public init(id: Int) { self.id = id }
+}

@@ -1,0 +1,90 @@
+public import ConntrackModel
+import Synchronization
+
+/// An in-process conntrack table behind the `Dataplane` interface.
+///
+/// `simulate` plays traffic (the changes a kernel would report, delivered to subscribers);
+/// `apply` plays Keepstate's own writes (not echoed). One mutex serialises both with snapshots,
+/// which gives the ordering guarantee `Dataplane.snapshot` promises.
+public final class MemoryDataplane: Dataplane {
+    public let vrf: String
+
+    private struct State {
+        var table = ConntrackTable<UInt8>()
+        var sinks: [(Int, @Sendable ([ConntrackUpdate]) -> Void)] = []
+        var nextID = 0
+    }
+
+    private let state = Mutex(State())
+
+    public init(vrf: String) {
+        self.vrf = vrf
+    }
+
+    public var count: Int { state.withLock { $0.table.count } }
+
+    public func dump() -> [Conntrack] {
+        state.withLock { Array($0.table.entries) }
+    }
+
+    public func snapshot(share: Int, of count: Int) -> [Conntrack] {
+        state.withLock { s in
+            var out: [Conntrack] = []
+            out.reserveCapacity(s.table.count / max(count, 1) + 16)
+            for c in s.table.entries where c.key.share(of: count) == share { out.append(c) }
+            return out
+        }
+    }
+
+    public subscript(key: ConntrackKey) -> Conntrack? {
+        state.withLock { $0.table[key] }
+    }
+
+    public func subscribe(_ sink: @escaping @Sendable ([ConntrackUpdate]) -> Void) -> DataplaneSubscription {
+        state.withLock { s in
+            s.nextID += 1
+            s.sinks.append((s.nextID, sink))
+            return DataplaneSubscription(id: s.nextID)
+        }
+    }
+
+    public func unsubscribe(_ subscription: DataplaneSubscription) {
+        state.withLock { s in s.sinks.removeAll { $0.0 == subscription.id } }
+    }
+
+    public func apply(_ updates: [ConntrackUpdate]) {
+        state.withLock { s in
+            for u in updates { Self.write(u, into: &s.table) }
+        }
+    }
+
+    /// Traffic: applies the changes and reports them to subscribers, as kernel events would.
+    /// A delete of an absent key or an upsert identical to what the table holds is not reported.
+    public func simulate(_ updates: [ConntrackUpdate]) {
+        state.withLock { s in
+            var events: [ConntrackUpdate] = []
+            events.reserveCapacity(updates.count)
+            for u in updates {
+                switch u {
+                case .upsert(let c):
+                    if s.table[c.key] != c {
+                        s.table.upsert(c, tag: 0)
+                        events.append(u)
+                    }
+                case .delete(let k):
+                    if s.table.remove(k) != nil { events.append(u) }
+                }
+            }
+            if !events.isEmpty {
+                for (_, sink) in s.sinks { sink(events) }
+            }
+        }
+    }
+
+    private static func write(_ u: ConntrackUpdate, into table: inout ConntrackTable<UInt8>) {
+        switch u {
+        case .upsert(let c): table.upsert(c, tag: 0)
+        case .delete(let k): table.remove(k)
+        }
+    }
+}
