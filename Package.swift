@@ -11,6 +11,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "keepstate", targets: ["keepstate"]),
+        // For the libFuzzer package under Fuzz/.
+        .library(name: "SyncProtocol", targets: ["SyncProtocol"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),

@@ -85,6 +85,10 @@ public struct IPAddressBits: Sendable, Hashable, Comparable {
                 }
             }
             if bestLen < 2 { bestStart = -1 }
+            // IPv4-mapped addresses read as ::ffff:a.b.c.d (RFC 5952, section 5).
+            if high == 0 && low >> 32 == 0xFFFF {
+                return "::ffff:" + IPAddressBits(ipv4: UInt32(truncatingIfNeeded: low)).formatted(.ipv4)
+            }
             var out = ""
             var i = 0
             while i < 8 {
@@ -148,7 +152,7 @@ public struct IPAddressBits: Sendable, Hashable, Comparable {
             if s.isEmpty { return [] }
             var out: [UInt16] = []
             for g in s.split(separator: ":", omittingEmptySubsequences: false) {
-                guard !g.isEmpty, g.count <= 4, let v = UInt16(g, radix: 16) else { return nil }
+                guard !g.isEmpty, g.count <= 4, g.allSatisfy(\.isHexDigit), let v = UInt16(g, radix: 16) else { return nil }
                 out.append(v)
             }
             return out

@@ -248,7 +248,10 @@ final class ReceiverHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if error is NIOSSLError || error is BoringSSLError {
+        if "\(error)".contains("EOF during handshake") {
+            // The client went away mid-handshake (it stopped, or gave up): not a refusal.
+            logger.debug("sync connection closed during the TLS handshake", metadata: ["reason": "\(error)"])
+        } else if error is NIOSSLError || error is BoringSSLError {
             endpoint.counters.refuse("\(remoteAddress): TLS handshake failed: \(error)")
             logger.error("refused sync connection: TLS handshake failed", metadata: ["reason": "\(error)"])
         } else if let e = error as? SyncProtocolError {

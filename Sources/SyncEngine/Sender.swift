@@ -252,8 +252,9 @@ final class ShareConnection: @unchecked Sendable {
     func pump() {
         guard let channel, channel.isActive, case .ready = session.state else { return }
         var wrote = false
-        let now = NIODeadline.now()
+        var now = NIODeadline.now()
         loop: while channel.isWritable {
+            now = NIODeadline.now()
             let step = sender.next(maxRecords: Self.recordsPerFrame, now: now) {
                 dataplane.snapshot(share: index, of: settings.connections)
             }

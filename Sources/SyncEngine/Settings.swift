@@ -58,11 +58,14 @@ public struct SyncSettings: Sendable {
 public enum TLSMaterialError: Error, CustomStringConvertible {
     case unreadable(what: String, path: String, reason: String)
     case empty(what: String, path: String)
+    case mismatch(certificate: String, key: String, reason: String)
 
     public var description: String {
         switch self {
         case .unreadable(let what, let path, let reason): "cannot load the \(what) from \(path): \(reason)"
         case .empty(let what, let path): "\(path) holds no \(what)"
+        case .mismatch(let certificate, let key, let reason):
+            "the key \(key) does not go with the certificate \(certificate) (\(reason)); issue both with `keepstate pki issue`"
         }
     }
 }
@@ -84,7 +87,11 @@ public struct TLSMaterial: Sendable {
         let chain = try load("certificate", certificatePath) { try NIOSSLCertificate.fromPEMFile(certificatePath) }
         guard !chain.isEmpty else { throw TLSMaterialError.empty(what: "certificate", path: certificatePath) }
         let key = try load("private key", keyPath) { try NIOSSLPrivateKey(file: keyPath, format: .pem) }
-        try self.init(ca: ca, chain: chain, key: key)
+        do {
+            try self.init(ca: ca, chain: chain, key: key)
+        } catch {
+            throw TLSMaterialError.mismatch(certificate: certificatePath, key: keyPath, reason: "\(error)")
+        }
     }
 
     /// From PEM text (tests, and `keepstate pki` output held in memory).

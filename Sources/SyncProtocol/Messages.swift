@@ -237,15 +237,16 @@ extension ByteBuffer {
 
     // Strings longer than their length prefix allows are cut at a character boundary; the
     // validated configuration never produces one.
-    mutating func writeString8(_ s: String) { writeLengthPrefixed(Array(s.utf8), max: 255, width: 1) }
-    mutating func writeString16(_ s: String) { writeLengthPrefixed(Array(s.utf8), max: 4096, width: 2) }
-    mutating func writeBytes8(_ b: [UInt8]) { writeLengthPrefixed(b, max: 255, width: 1) }
+    mutating func writeString8(_ s: String) { writeLengthPrefixed(Array(s.utf8), max: 255, width: 1, utf8: true) }
+    mutating func writeString16(_ s: String) { writeLengthPrefixed(Array(s.utf8), max: 4096, width: 2, utf8: true) }
+    mutating func writeBytes8(_ b: [UInt8]) { writeLengthPrefixed(b, max: 255, width: 1, utf8: false) }
 
-    private mutating func writeLengthPrefixed(_ bytes: [UInt8], max: Int, width: Int) {
+    private mutating func writeLengthPrefixed(_ bytes: [UInt8], max: Int, width: Int, utf8: Bool) {
         var bytes = bytes
         if bytes.count > max {
             bytes = Array(bytes.prefix(max))
-            while !bytes.isEmpty, String(validating: bytes, as: UTF8.self) == nil { bytes.removeLast() }
+            // A cut string must stay valid UTF-8: drop the partial character at the end.
+            while utf8, !bytes.isEmpty, String(validating: bytes, as: UTF8.self) == nil { bytes.removeLast() }
         }
         if width == 1 { writeInteger(UInt8(bytes.count)) } else { writeInteger(UInt16(bytes.count)) }
         writeBytes(bytes)

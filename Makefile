@@ -1,0 +1,47 @@
+# Keepstate: `make drill` and `make test` work on a fresh Debian 12 machine with the Swift
+# toolchain; they install the Debian packages they need first (as root).
+
+SWIFT ?= swift
+# Build-time C libraries of the design (libnl, libnetfilter_conntrack, OpenSSL) and the tools
+# the tests drive (openssl s_client as an independent TLS client).
+DEBS := pkg-config libssl-dev openssl libnl-3-dev libnl-route-3-dev libnetfilter-conntrack-dev \
+        iproute2 nftables conntrack
+
+.PHONY: all deps build test drill bench fuzz clean
+
+all: build
+
+deps:
+	@missing=""; \
+	for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" -ne 0 ]; then \
+			echo "missing Debian packages:$$missing"; echo "run as root, or: sudo apt-get install$$missing"; exit 1; \
+		fi; \
+		echo "installing:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+build: deps
+	$(SWIFT) build
+
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+# Until the namespace drill exists (issue 7), the drill is the in-process two-node demo: real
+# mutual TLS on loopback, 100,000 conntracks, 1,000,000 changes, 50 killed connections, a
+# failover and a restarted node.
+drill: deps
+	$(SWIFT) build --product keepstate
+	./.build/debug/keepstate demo
+
+bench: deps
+	$(SWIFT) build -c release --product keepstate
+	./.build/release/keepstate bench
+
+fuzz: deps
+	./Fuzz/run.sh 60
+
+clean:
+	rm -rf .build

@@ -1,0 +1,238 @@
+import ArgumentParser
+import ConntrackModel
+import Dataplane
+import Foundation
+import Logging
+import NIOCore
+import SyncEngine
+import SyncProtocol
+
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure the sync engine and print a table (medians of several runs).",
+        discussion: """
+            Build with `swift build -c release` first (`make bench` does). Measured, each \
+            --runs times, medians reported:
+              codec      encode + decode of upserts in one thread, no TLS (the baseline)
+              sync N     end-to-end upserts per second over mutual TLS on loopback with N \
+            connections: from the first connection attempt until the backup holds the table
+              resync     time to resync the whole table after every sync connection is killed
+              bytes      bytes per IPv4 TCP NAT upsert on the wire (frame headers included)
+              memory     resident bytes per conntrack held by the backup (measured in a child \
+            process so that nothing else is on its heap)
+            Example: keepstate bench --conntracks 1000000 --runs 3
+            """)
+
+    @Option(help: "Conntracks in the master's table.")
+    var conntracks = 1_000_000
+
+    @Option(help: "Runs of each measurement (the median is reported).")
+    var runs = 3
+
+    @Option(help: "Connection counts to measure, comma separated.")
+    var connections = "1,2,4"
+
+    @Option(help: ArgumentHelp("Internal: measure memory in this process and print it.", visibility: .hidden))
+    var childMemory: Int?
+
+    func run() async throws {
+        if let n = childMemory {
+            print(String(format: "%.1f", Self.memoryPerEntry(n)))
+            return
+        }
+        let counts = connections.split(separator: ",").compactMap { Int($0) }.filter { $0 >= 1 && $0 <= 64 }
+        var rows: [(String, String, String)] = []
+        func median(_ xs: [Double]) -> Double {
+            let s = xs.sorted()
+            return s.isEmpty ? .nan : s[s.count / 2]
+        }
+        print("keepstate bench: \(conntracks) conntracks, \(runs) runs each, \(ProcessInfo.processInfo.activeProcessorCount) cores")
+
+        var codec: [Double] = []
+        for _ in 0..<runs { codec.append(Self.codecRate(conntracks)) }
+        let baseline = median(codec)
+        rows.append(("codec encode+decode, 1 thread (baseline)", Self.rate(baseline), "1.00"))
+
+        var best = 0.0
+        for n in counts {
+            var rates: [Double] = []
+            for _ in 0..<runs { rates.append(try await Self.syncRate(conntracks, connections: n)) }
+            let m = median(rates)
+            best = max(best, m)
+            rows.append(("sync over TLS, \(n) connection(s)", Self.rate(m), String(format: "%.2f", m / baseline)))
+        }
+
+        var resyncs: [Double] = []
+        for _ in 0..<runs { resyncs.append(try await Self.resyncTime(conntracks, connections: counts.max() ?? 4)) }
+        rows.append(("resync after all connections killed", String(format: "%.3f s", median(resyncs)), "-"))
+
+        let bytes = Self.bytesPerUpsert()
+        rows.append(("bytes per IPv4 TCP NAT upsert (frames)", String(format: "%.2f B", bytes.frame), "-"))
+        rows.append(("  with TLS 1.3 record overhead", String(format: "%.2f B", bytes.tls), "-"))
+
+        var mem: [Double] = []
+        for _ in 0..<runs { mem.append(try Self.memoryInChild(conntracks)) }
+        rows.append(("backup memory per conntrack (RSS)", String(format: "%.1f B", median(mem)), "-"))
+
+        let w = rows.map(\.0.count).max() ?? 10
+        print("")
+        print("| " + "measurement".padding(toLength: w, withPad: " ", startingAt: 0) + " | median         | vs baseline |")
+        print("|" + String(repeating: "-", count: w + 2) + "|----------------|-------------|")
+        for r in rows {
+            print("| " + r.0.padding(toLength: w, withPad: " ", startingAt: 0) + " | "
+                  + r.1.padding(toLength: 14, withPad: " ", startingAt: 0) + " | "
+                  + r.2.padding(toLength: 11, withPad: " ", startingAt: 0) + " |")
+        }
+    }
+
+    static func rate(_ perSecond: Double) -> String {
+        String(format: "%.0f /s", perSecond)
+    }
+
+    /// Encodes `n` conntracks into UPDATES frames and decodes them again, in one thread.
+    static func codecRate(_ n: Int) -> Double {
+        let records = (0..<UInt64(n)).map { TrafficGenerator.conntrack(number: $0) }
+        let start = ContinuousClock.now
+        var buffer = ByteBuffer()
+        var decoded: [ConntrackUpdate] = []
+        decoded.reserveCapacity(1500)
+        var total = 0
+        var i = 0
+        while i < records.count {
+            buffer.clear()
+            let end = min(records.count, i + 1500)
+            let at = buffer.beginSyncFrame(.updates, sequence: 0)
+            for c in records[i..<end] { buffer.writeConntrackUpdate(.upsert(c)) }
+            buffer.endSyncFrame(lengthAt: at)
+            if let frame = try? buffer.readSyncFrame() {
+                var payload = frame.payload
+                decoded.removeAll(keepingCapacity: true)
+                try? payload.readConntrackUpdates(into: &decoded)
+                total += decoded.count
+            }
+            i = end
+        }
+        let seconds = (ContinuousClock.now - start).seconds
+        precondition(total == n, "codec benchmark lost records")
+        return Double(n) / seconds
+    }
+
+    /// Time for a backup to receive a master's whole table from a cold start, as a rate.
+    static func syncRate(_ n: Int, connections: Int) async throws -> Double {
+        let pair = try LoopbackPair(connections: connections, logLevel: .error, queueLimit: 1 << 22)
+        fill(pair.dp1, count: n)
+        try await pair.listen()
+        pair.e1.setRole(.master)
+        let start = ContinuousClock.now
+        pair.startSending()
+        let done = await waitUntil(timeout: .seconds(300), every: .milliseconds(1)) { pair.e2.store.count == n }
+        let seconds = (ContinuousClock.now - start).seconds
+        await pair.shutdown()
+        guard done else { throw ValidationError("sync of \(n) conntracks did not complete") }
+        return Double(n) / seconds
+    }
+
+    /// Time from killing every connection until every share has completed a new resync.
+    static func resyncTime(_ n: Int, connections: Int) async throws -> Double {
+        let pair = try LoopbackPair(connections: connections, logLevel: .error, queueLimit: 1 << 22)
+        fill(pair.dp1, count: n)
+        try await pair.listen()
+        pair.e1.setRole(.master)
+        pair.startSending()
+        guard await waitUntil(timeout: .seconds(300), { pair.e2.store.count == n }),
+              await waitUntil(timeout: .seconds(60), { await pair.e1.isIdle() })
+        else { throw ValidationError("initial sync did not complete") }
+        let before = await pair.e2.statistics().localNode.resyncsCompleted
+        let start = ContinuousClock.now
+        for i in 0..<connections { pair.e1.killConnection(i) }
+        let done = await waitUntil(timeout: .seconds(300), every: .milliseconds(1)) {
+            await pair.e2.statistics().localNode.resyncsCompleted >= before + UInt64(connections)
+        }
+        let seconds = (ContinuousClock.now - start).seconds
+        let intact = pair.e2.store.count == n
+        await pair.shutdown()
+        guard done, intact else { throw ValidationError("resync after connection loss did not complete") }
+        return seconds
+    }
+
+    /// Bytes of UPDATES frames per IPv4 TCP NAT upsert, as the sender frames them.
+    static func bytesPerUpsert() -> (frame: Double, tls: Double) {
+        var records: [Conntrack] = []
+        var n: UInt64 = 0
+        while records.count < 150_000 {
+            let c = TrafficGenerator.conntrack(number: n)
+            if c.proto == .tcp && c.isNAT && c.family == .ipv4 { records.append(c) }
+            n += 1
+        }
+        var bytes = 0
+        var buffer = ByteBuffer()
+        var i = 0
+        while i < records.count {
+            buffer.clear()
+            let end = min(records.count, i + 1500)
+            let at = buffer.beginSyncFrame(.updates, sequence: 0)
+            for c in records[i..<end] { buffer.writeConntrackUpdate(.upsert(c)) }
+            buffer.endSyncFrame(lengthAt: at)
+            bytes += buffer.readableBytes
+            i = end
+        }
+        let frame = Double(bytes) / Double(records.count)
+        // TLS 1.3 with AES-GCM: 5-byte header, 1 content-type byte, 16-byte tag per record of
+        // at most 16 KiB of plaintext.
+        let tls = frame * (1 + 22.0 / 16384.0)
+        return (frame, tls)
+    }
+
+    /// Runs `keepstate bench --child-memory N` and reads its answer.
+    static func memoryInChild(_ n: Int) throws -> Double {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/proc/self/exe")
+        process.arguments = ["bench", "--child-memory", "\(n)"]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard process.terminationStatus == 0, let value = Double(text) else {
+            throw ValidationError("memory child failed: \(text)")
+        }
+        return value
+    }
+
+    /// Resident bytes per entry of a backup store filled as the receiver fills it: decoded
+    /// frames applied in batches. The records are generated per batch so that only the store
+    /// grows.
+    static func memoryPerEntry(_ n: Int) -> Double {
+        let store = BackupStore()
+        let before = residentBytes()
+        var batch: [ConntrackUpdate] = []
+        batch.reserveCapacity(1500)
+        let epoch = store.beginEpoch()
+        for i in 0..<UInt64(n) {
+            batch.append(.upsert(TrafficGenerator.conntrack(number: i)))
+            if batch.count == 1500 {
+                store.apply(batch, epoch: epoch, share: Int(i % 4))
+                batch.removeAll(keepingCapacity: true)
+            }
+        }
+        store.apply(batch, epoch: epoch, share: 0)
+        let after = residentBytes()
+        precondition(store.count == n)
+        return Double(after - before) / Double(n)
+    }
+
+    static func residentBytes() -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+        let fields = text.split(separator: " ")
+        guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+}
+
+extension Duration {
+    var seconds: Double {
+        let (s, atto) = components
+        return Double(s) + Double(atto) / 1e18
+    }
+}

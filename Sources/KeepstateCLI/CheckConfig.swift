@@ -1,0 +1,67 @@
+import ArgumentParser
+import Config
+import Foundation
+import SyncEngine
+
+struct CheckConfig: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config",
+        abstract: "Validate a configuration file without starting anything.",
+        discussion: """
+            Prints every error as FILE:LINE:COLUMN: error: MESSAGE and exits 1 if there is any; \
+            prints a summary and exits 0 otherwise. The TLS files named by each VRF are loaded \
+            too (skip with --skip-files when checking a file for another machine).
+
+            Example: keepstate check-config /etc/keepstate/keepstate.conf
+            """)
+
+    @Argument(help: "The configuration file.")
+    var file: String
+
+    @Flag(help: "Do not open the TLS files the configuration names.")
+    var skipFiles = false
+
+    func run() throws {
+        let config: KeepstateConfig
+        do {
+            config = try ConfigLoader.load(path: file)
+            if !skipFiles { try config.validateFiles() }
+        } catch {
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        if !skipFiles {
+            var failed = false
+            for vrf in config.vrfs {
+                guard let tls = vrf.sync?.tls else { continue }
+                do {
+                    _ = try TLSMaterial(caPath: tls.ca, certificatePath: tls.certificate, keyPath: tls.key)
+                } catch {
+                    FileHandle.standardError.write(Data("\(tls.certificateLocation): error: \(error)\n".utf8))
+                    failed = true
+                }
+            }
+            if failed { throw ExitCode(1) }
+        }
+        print(Self.summary(config, file: file), terminator: "")
+    }
+
+    static func summary(_ config: KeepstateConfig, file: String) -> String {
+        var out = "\(file): ok\n"
+        out += "router_id \(config.routerID)\n"
+        for g in config.haGroups {
+            out += "ha_group \(g.name): static \(g.staticState.rawValue)\n"
+        }
+        for v in config.vrfs {
+            out += "vrf \(v.name)\(v.netns.map { " (netns \($0))" } ?? ""):"
+            if let s = v.sync {
+                out += " sync with \(s.peer.name) \(s.peer.address):\(s.peer.port) from \(s.peer.source)"
+                out += ", \(s.eventThreads) connection(s), listens to \(s.listenHAGroup)\n"
+            } else {
+                out += " no sync\n"
+            }
+            for setting in v.syncSettings() { out += "    \(setting.key) \(setting.value)\n" }
+        }
+        return out
+    }
+}

@@ -1,0 +1,38 @@
+public import ArgumentParser
+import Foundation
+import Logging
+
+/// The `keepstate` command.
+public struct Keepstate: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "keepstate",
+        abstract: "Keep firewall and CG-NAT conntrack state alive across a router failover.",
+        discussion: """
+            keepstate streams every qualifying conntrack from the master router's table to the \
+            backup over several mutually authenticated TLS connections, so that the backup can \
+            take over without resetting connections.
+
+            Start here:
+              keepstate pki init --dir /etc/keepstate                 # a CA for the sync links
+              keepstate pki issue --dir /etc/keepstate --name ha1 --address 10.150.0.1
+              keepstate check-config /etc/keepstate/keepstate.conf    # file:line:col errors
+              keepstate demo                                          # two nodes in one process
+            """,
+        version: "0.1.0",
+        subcommands: [CheckConfig.self, PKICommand.self, Demo.self, Bench.self]
+    )
+
+    public init() {}
+
+    /// The process entry point: logs go to standard error; reports are written with `emit`
+    /// (unbuffered), so the two interleave in the order they happen.
+    public static func runMain() async {
+        LoggingSystem.bootstrap { label in StreamLogHandler.standardError(label: label) }
+        await main()
+    }
+}
+
+/// Writes one line to standard output at once (no stdio buffering).
+func emit(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}

@@ -1,0 +1,117 @@
+import ConntrackModel
+import Dataplane
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import PKI
+import SyncEngine
+
+/// Two sync engines in one process, ha1 on 127.0.0.1 and ha2 on 127.0.0.2, each with a memory
+/// dataplane, over real mutual TLS on loopback (used by `demo` and `bench`).
+final class LoopbackPair {
+    let group: MultiThreadedEventLoopGroup
+    let logger: Logger
+    let ca: PEMPair
+    let certs: [String: PEMPair]
+    var dp1: MemoryDataplane
+    var dp2: MemoryDataplane
+    var e1: SyncEngine
+    var e2: SyncEngine
+    var port1 = 0
+    var port2 = 0
+    let connections: Int
+
+    init(connections: Int, threads: Int = 2, logLevel: Logger.Level = .warning, queueLimit: Int = 1 << 20) throws {
+        group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        var logger = Logger(label: "keepstate")
+        logger.logLevel = logLevel
+        self.logger = logger
+        self.connections = connections
+        ca = try PKI.makeCA(commonName: "keepstate loopback CA")
+        certs = [
+            "ha1": try PKI.issue(name: "ha1", addresses: ["127.0.0.1"], ca: ca),
+            "ha2": try PKI.issue(name: "ha2", addresses: ["127.0.0.2"], ca: ca),
+        ]
+        dp1 = MemoryDataplane(vrf: "main")
+        dp2 = MemoryDataplane(vrf: "main")
+        e1 = try Self.engine("ha1", dataplane: dp1, certs: certs, ca: ca, connections: connections, group: group, logger: logger, queueLimit: queueLimit)
+        e2 = try Self.engine("ha2", dataplane: dp2, certs: certs, ca: ca, connections: connections, group: group, logger: logger, queueLimit: queueLimit)
+    }
+
+    static func engine(_ node: String, dataplane: MemoryDataplane, certs: [String: PEMPair], ca: PEMPair, connections: Int,
+                       group: any EventLoopGroup, logger: Logger, queueLimit: Int, listenPort: Int = 0) throws -> SyncEngine {
+        let me = node == "ha1" ? "127.0.0.1" : "127.0.0.2"
+        let peer = node == "ha1" ? "127.0.0.2" : "127.0.0.1"
+        let peerName = node == "ha1" ? "ha2" : "ha1"
+        let settings = SyncSettings(
+            vrf: "main", nodeID: node, peerName: peerName, source: me, peerAddress: peer, peerPort: 0, listenPort: listenPort,
+            peerIdentity: peerName, connections: connections, heartbeatInterval: .milliseconds(250),
+            deadInterval: .milliseconds(1000), queueLimit: queueLimit,
+            syncSettings: [.init(key: "conntrack_timeouts.tcp_undefined", value: "10")])
+        let pem = certs[node]!
+        let tls = try TLSMaterial(caPEM: ca.certificate, certificatePEM: pem.certificate, keyPEM: pem.privateKey)
+        return SyncEngine(settings: settings, tls: tls, dataplane: dataplane, group: group, logger: logger)
+    }
+
+    func listen() async throws {
+        port1 = try await e1.startListening()
+        port2 = try await e2.startListening()
+    }
+
+    func startSending() {
+        e1.startSending(peerPort: port2)
+        e2.startSending(peerPort: port1)
+    }
+
+    /// Replaces ha1 by a fresh process-like instance with an empty table (a restarted node).
+    func restartNode1() async throws {
+        await e1.shutdown()
+        dp1 = MemoryDataplane(vrf: "main")
+        // Same port as before, as a real restart would use: ha2's connections find it again.
+        e1 = try Self.engine("ha1", dataplane: dp1, certs: certs, ca: ca, connections: connections, group: group,
+                             logger: logger, queueLimit: 1 << 20, listenPort: port1)
+        port1 = try await e1.startListening()
+        e1.startSending(peerPort: port2)
+    }
+
+    func shutdown() async {
+        await e1.shutdown()
+        await e2.shutdown()
+        try? await group.shutdownGracefully()
+    }
+}
+
+/// Fills a memory dataplane with `count` distinct established conntracks (no events: nothing
+/// is subscribed yet, or the caller wants them as a resync source).
+func fill(_ dataplane: MemoryDataplane, count: Int, offset: UInt64 = 0) {
+    var batch: [ConntrackUpdate] = []
+    batch.reserveCapacity(10_000)
+    for n in 0..<UInt64(count) {
+        batch.append(.upsert(TrafficGenerator.conntrack(number: n + offset)))
+        if batch.count == 10_000 {
+            dataplane.simulate(batch)
+            batch.removeAll(keepingCapacity: true)
+        }
+    }
+    if !batch.isEmpty { dataplane.simulate(batch) }
+}
+
+/// Waits until `condition` holds, polling every `every`; false after `timeout`.
+func waitUntil(timeout: Duration, every: Duration = .milliseconds(2), _ condition: () async -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if await condition() { return true }
+        try? await Task.sleep(for: every)
+    }
+    return await condition()
+}
+
+func tablesEqual(_ a: [Conntrack], _ b: [Conntrack]) -> Bool {
+    guard a.count == b.count else { return false }
+    var d: [ConntrackKey: Conntrack] = [:]
+    d.reserveCapacity(a.count)
+    for c in a { d[c.key] = c }
+    for c in b where d[c.key] != c { return false }
+    return true
+}

@@ -1,0 +1,8 @@
+import KeepstateCLI
+
+@main
+struct KeepstateMain {
+    static func main() async {
+        await Keepstate.runMain()
+    }
+}
