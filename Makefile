@@ -2,6 +2,7 @@
 # toolchain; they install the Debian packages they need first (as root).
 
 SWIFT ?= swift
+SHELL := /bin/bash
 # Build-time C libraries of the design (libnl, libnetfilter_conntrack, OpenSSL) and the tools
 # the tests drive (openssl s_client as an independent TLS client).
 DEBS := pkg-config libssl-dev openssl libnl-3-dev libnl-route-3-dev libnetfilter-conntrack-dev \
@@ -25,9 +26,13 @@ deps:
 build: deps
 	$(SWIFT) build
 
+# swift test prints XCTest's summary (no XCTest tests here) and then Swift Testing's; the last
+# line repeats Swift Testing's count as a plain "N passed, N failed".
 test: deps
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build
+	@set -o pipefail; $(SWIFT) test --skip-build 2>&1 | tee .build/test.log
+	@n=$$(sed -n 's/.*Test run with \([0-9]*\) tests\{0,1\} in .* passed after.*/\1/p' .build/test.log | tail -1); \
+	 [ -n "$$n" ] && echo "$$n passed, 0 failed"
 
 # Until the namespace drill exists (issue 7), the drill is the in-process two-node demo: real
 # mutual TLS on loopback, 100,000 conntracks, 1,000,000 changes, 50 killed connections, a

@@ -81,7 +81,7 @@ let package = Package(
             dependencies: ["SyncProtocol", "ConntrackModel", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: strict
         ),
-        .testTarget(name: "ConfigTests", dependencies: ["Config"], swiftSettings: strict),
+        .testTarget(name: "ConfigTests", dependencies: ["Config", "ConntrackModel"], swiftSettings: strict),
         .testTarget(name: "DataplaneTests", dependencies: ["Dataplane", "ConntrackModel"], swiftSettings: strict),
         .testTarget(name: "PKITests", dependencies: ["PKI"], swiftSettings: strict),
         .testTarget(

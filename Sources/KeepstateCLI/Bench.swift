@@ -93,24 +93,16 @@ struct Bench: AsyncParsableCommand {
     static func codecRate(_ n: Int) -> Double {
         let records = (0..<UInt64(n)).map { TrafficGenerator.conntrack(number: $0) }
         let start = ContinuousClock.now
-        var buffer = ByteBuffer()
         var decoded: [ConntrackUpdate] = []
         decoded.reserveCapacity(1500)
         var total = 0
-        var i = 0
-        while i < records.count {
-            buffer.clear()
-            let end = min(records.count, i + 1500)
-            let at = buffer.beginSyncFrame(.updates, sequence: 0)
-            for c in records[i..<end] { buffer.writeConntrackUpdate(.upsert(c)) }
-            buffer.endSyncFrame(lengthAt: at)
+        forEachFrame(of: records) { buffer in
             if let frame = try? buffer.readSyncFrame() {
                 var payload = frame.payload
                 decoded.removeAll(keepingCapacity: true)
                 try? payload.readConntrackUpdates(into: &decoded)
                 total += decoded.count
             }
-            i = end
         }
         let seconds = (ContinuousClock.now - start).seconds
         precondition(total == n, "codec benchmark lost records")
@@ -155,6 +147,22 @@ struct Bench: AsyncParsableCommand {
         return seconds
     }
 
+    /// Frames `records` as the sender does (UPDATES frames of `ShareConnection.recordsPerFrame`
+    /// upserts) and hands each frame to `body`.
+    static func forEachFrame(of records: [Conntrack], _ body: (inout ByteBuffer) -> Void) {
+        var buffer = ByteBuffer()
+        var i = 0
+        while i < records.count {
+            buffer.clear()
+            let end = min(records.count, i + 1500)
+            let at = buffer.beginSyncFrame(.updates, sequence: 0)
+            for c in records[i..<end] { buffer.writeConntrackUpdate(.upsert(c)) }
+            buffer.endSyncFrame(lengthAt: at)
+            body(&buffer)
+            i = end
+        }
+    }
+
     /// Bytes of UPDATES frames per IPv4 TCP NAT upsert, as the sender frames them.
     static func bytesPerUpsert() -> (frame: Double, tls: Double) {
         var records: [Conntrack] = []
@@ -165,17 +173,7 @@ struct Bench: AsyncParsableCommand {
             n += 1
         }
         var bytes = 0
-        var buffer = ByteBuffer()
-        var i = 0
-        while i < records.count {
-            buffer.clear()
-            let end = min(records.count, i + 1500)
-            let at = buffer.beginSyncFrame(.updates, sequence: 0)
-            for c in records[i..<end] { buffer.writeConntrackUpdate(.upsert(c)) }
-            buffer.endSyncFrame(lengthAt: at)
-            bytes += buffer.readableBytes
-            i = end
-        }
+        forEachFrame(of: records) { bytes += $0.readableBytes }
         let frame = Double(bytes) / Double(records.count)
         // TLS 1.3 with AES-GCM: 5-byte header, 1 content-type byte, 16-byte tag per record of
         // at most 16 KiB of plaintext.
