@@ -135,6 +135,21 @@ struct OpenSSLClientTests {
         let ha1 = try sClient(port: pair.port2, dir: dir, cert: "ha1", stdin: hello())
         #expect(ack(ha1.out)?.status.isAccepted == true, "ha1 control: \(ha1.err)")
 
+        // A peer speaking version 2 is told which version this node speaks.
+        var v2 = ByteBuffer()
+        v2.writeSyncMessage(.hello(Hello(version: 2, nodeID: "ha1", vrf: "main", connectionIndex: 0, connectionCount: 1,
+                                         fingerprint: [], settings: [])), sequence: 0)
+        let other = try sClient(port: pair.port2, dir: dir, cert: "ha1", stdin: Array(v2.readableBytesView))
+        var reply = ByteBuffer(bytes: other.out)
+        let frame = try #require(try reply.readSyncFrame())
+        let message = try SyncControlMessage.decode(type: frame.type, payload: frame.payload)
+        guard case .error(let code, let text) = message else {
+            Issue.record("expected an ERROR frame, got \(message)")
+            return
+        }
+        #expect(code == .unsupportedVersion)
+        #expect(text.contains("version 2") && text.contains("speaks 1"), "\(text)")
+
         let local = await pair.e2.statistics().localNode
         #expect(local.refusedConnections >= 3)
         await pair.shutdown()

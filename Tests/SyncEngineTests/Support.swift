@@ -55,19 +55,21 @@ struct Pair {
     }
 
     static func make(connections: Int = 4, queueLimit: Int = 1 << 20, logLevel: Logger.Level = .warning,
-                     settings2: [SyncSettingPair] = []) async throws -> Pair {
+                     settings1: [SyncSettingPair] = [], settings2: [SyncSettingPair] = [],
+                     logger1: Logger? = nil, logger2: Logger? = nil) async throws -> Pair {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         var logger = Logger(label: "test")
         logger.logLevel = logLevel
         let dp1 = MemoryDataplane(vrf: "main")
         let dp2 = MemoryDataplane(vrf: "main")
         let e1 = SyncEngine(
-            settings: settings(node: "ha1", source: "127.0.0.1", peer: "127.0.0.2", peerName: "ha2", connections: connections, queueLimit: queueLimit),
-            tls: try TestPKI.material(TestPKI.ha1), dataplane: dp1, group: group, logger: logger)
+            settings: settings(node: "ha1", source: "127.0.0.1", peer: "127.0.0.2", peerName: "ha2", connections: connections,
+                               queueLimit: queueLimit, syncSettings: settings1),
+            tls: try TestPKI.material(TestPKI.ha1), dataplane: dp1, group: group, logger: logger1 ?? logger)
         let e2 = SyncEngine(
             settings: settings(node: "ha2", source: "127.0.0.2", peer: "127.0.0.1", peerName: "ha1", connections: connections,
                                queueLimit: queueLimit, syncSettings: settings2),
-            tls: try TestPKI.material(TestPKI.ha2), dataplane: dp2, group: group, logger: logger)
+            tls: try TestPKI.material(TestPKI.ha2), dataplane: dp2, group: group, logger: logger2 ?? logger)
         let p1 = try await e1.startListening()
         let p2 = try await e2.startListening()
         return Pair(group: group, dp1: dp1, dp2: dp2, e1: e1, e2: e2, port1: p1, port2: p2)

@@ -1,6 +1,8 @@
 import ConntrackModel
 import Dataplane
 import Foundation
+import InMemoryLogging
+import Logging
 import NIOCore
 import SyncEngine
 import SyncProtocol
@@ -51,6 +53,33 @@ struct SyncEngineTests {
         pair.e1.setRole(.backup)
         pair.e2.setRole(.master)
         #expect(await eventually { asDictionary(pair.e1.store.dump()) == asDictionary(pair.dp2.dump()) })
+        await pair.shutdown()
+    }
+}
+
+@Suite("Hello checks", .serialized)
+struct HelloCheckTests {
+    @Test("differing sync settings: accepted, and both logs name each difference")
+    func driftIsNamed() async throws {
+        let log1 = InMemoryLogHandler()
+        let log2 = InMemoryLogHandler()
+        let pair = try await Pair.make(
+            connections: 1,
+            settings1: [.init(key: "conntrack_timeouts.tcp_undefined", value: "10"), .init(key: "ha_delays.tcp.synchronization", value: "1")],
+            settings2: [.init(key: "conntrack_timeouts.tcp_undefined", value: "20"), .init(key: "ha_delays.tcp.synchronization", value: "1")],
+            logger1: Logger(label: "ha1") { _ in log1 }, logger2: Logger(label: "ha2") { _ in log2 })
+        var gen = TrafficGenerator(seed: 4, mix: .fill)
+        pair.dp1.simulate(gen.next(100))
+        pair.e1.setRole(.master)
+        pair.startSending()
+        #expect(await eventually { pair.e2.store.count == 100 })
+        func differences(_ log: InMemoryLogHandler) -> [String] {
+            log.entries.filter { $0.level == .warning && "\($0.message)".contains("sync settings differ") }
+                .compactMap { $0.metadata["differences"].map { "\($0)" } }
+        }
+        #expect(differences(log2).contains("conntrack_timeouts.tcp_undefined: here 20, peer 10"), "\(log2.entries)")
+        #expect(differences(log1).contains("conntrack_timeouts.tcp_undefined: here 10, peer 20"), "\(log1.entries)")
+        #expect(await pair.e1.statistics().connections[0].connectionStatus == .established)
         await pair.shutdown()
     }
 }
