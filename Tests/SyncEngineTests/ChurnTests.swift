@@ -49,8 +49,9 @@ struct ChurnTests {
             #expect(master[key]?.tcpState == c.tcpState)
         }
         let stats = await pair.e1.statistics()
-        // Each kill forces a resync of its share (kills of an already-down connection may merge).
-        #expect(stats.connections.map(\.resyncs).reduce(0, +) >= 4 + 25)
+        // A kill of an established connection forces a resync of its share; a kill that lands
+        // while that connection is still reconnecting merges with the previous one.
+        #expect(stats.connections.map(\.resyncs).reduce(0, +) >= 4 + 10)
         let local = await pair.e2.statistics().localNode
         #expect(local.receiveError == 0)
         await pair.shutdown()
