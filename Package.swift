@@ -34,6 +34,14 @@ let package = Package(
         ),
         // keepalived-style configuration: lexer, parser, validated model.
         .target(name: "Config", swiftSettings: strict),
+        // libnetfilter_conntrack behind a small C shim (flat structs, batched netlink writes,
+        // sockets opened in a network namespace). Only NetfilterConntrack imports it.
+        .target(
+            name: "CNetfilterConntrack",
+            linkerSettings: [.linkedLibrary("netfilter_conntrack"), .linkedLibrary("nfnetlink")]
+        ),
+        // The thin Swift wrapper: dump, events, batched create and delete, per namespace.
+        .target(name: "NetfilterConntrack", dependencies: ["CNetfilterConntrack", "ConntrackModel"], swiftSettings: strict),
         // The Dataplane interface and the in-memory implementation with a traffic generator.
         .target(name: "Dataplane", dependencies: ["ConntrackModel"], swiftSettings: strict),
         // CA and node certificates for the sync connections.
@@ -84,6 +92,7 @@ let package = Package(
         .testTarget(name: "ConfigTests", dependencies: ["Config", "ConntrackModel"], swiftSettings: strict),
         .testTarget(name: "DataplaneTests", dependencies: ["Dataplane", "ConntrackModel"], swiftSettings: strict),
         .testTarget(name: "PKITests", dependencies: ["PKI"], swiftSettings: strict),
+        .testTarget(name: "NetfilterConntrackTests", dependencies: ["NetfilterConntrack", "ConntrackModel"], swiftSettings: strict),
         .testTarget(
             name: "SyncEngineTests",
             dependencies: [

@@ -1,0 +1,52 @@
+// The only C that Keepstate writes around libnetfilter_conntrack: it turns the library's
+// opaque objects into one flat struct, builds batched netlink writes, and opens sockets in a
+// network namespace. Only the NetfilterConntrack Swift target imports this module.
+#ifndef KS_CONNTRACK_H
+#define KS_CONNTRACK_H
+
+#include <stdint.h>
+
+struct nfct_handle;
+
+/// One conntrack, flat. Addresses in network byte order (IPv4 in the first 4 bytes); ports,
+/// ICMP id and (type << 8 | code) in host order.
+typedef struct ks_ct {
+    uint8_t family;          // 4 or 6
+    uint8_t proto;
+    uint8_t tcp_state;       // valid when proto == 6
+    uint8_t event;           // KS_EVENT_*
+    uint16_t zone;
+    uint16_t orig_sport, orig_dport, repl_sport, repl_dport;
+    uint32_t status, timeout, mark;
+    uint8_t orig_src[16], orig_dst[16], repl_src[16], repl_dst[16];
+} ks_ct;
+
+enum { KS_EVENT_NEW = 0, KS_EVENT_UPDATE = 1, KS_EVENT_DESTROY = 2 };
+
+/// Receives conntracks in batches (at most 512 a call) during a dump or an event read.
+typedef void (*ks_ct_sink)(const ks_ct *cts, int count, void *context);
+
+/// Opens a ctnetlink handle inside the network namespace at `netns_path` (NULL: the caller's
+/// own), subscribed to `groups` (0 for none, NFCT_ALL_CT_GROUPS for events). The calling thread
+/// returns to its own namespace before this function returns. NULL with errno on failure.
+struct nfct_handle *ks_ct_open(const char *netns_path, unsigned groups);
+void ks_ct_close(struct nfct_handle *h);
+int ks_ct_fd(struct nfct_handle *h);
+/// Sets the socket receive buffer (SO_RCVBUFFORCE, falling back to SO_RCVBUF).
+int ks_ct_set_receive_buffer(struct nfct_handle *h, int bytes);
+
+/// Dumps the table (family 0 = both). Returns 0, or -1 with errno.
+int ks_ct_dump(struct nfct_handle *h, uint8_t family, ks_ct_sink sink, void *context);
+/// Reads events until the socket would block (the socket is non-blocking) or fails. Returns the
+/// number of events delivered, or -1 with errno (ENOBUFS: the kernel dropped events).
+int ks_ct_read_events(struct nfct_handle *h, ks_ct_sink sink, void *context);
+int ks_ct_set_nonblocking(struct nfct_handle *h);
+
+/// Writes `count` conntracks in batched netlink messages: op 0 creates (or updates when the
+/// entry exists: only state, status-independent fields, timeout and mark change), op 1 deletes.
+/// `be_liberal` sets the TCP be-liberal window flags on created TCP entries. Returns the number
+/// of messages the kernel rejected, or -1 with errno when the socket failed; `first_error`
+/// receives the first rejection's errno.
+int ks_ct_write(struct nfct_handle *h, const ks_ct *cts, int count, int op, int be_liberal, int *first_error);
+
+#endif

@@ -1,0 +1,283 @@
+#define _GNU_SOURCE
+#include "ks_conntrack.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libnetfilter_conntrack/libnetfilter_conntrack.h>
+#include <libnetfilter_conntrack/libnetfilter_conntrack_tcp.h>
+#include <linux/netlink.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+struct nfct_handle *ks_ct_open(const char *netns_path, unsigned groups) {
+    int self = -1, target = -1;
+    if (netns_path != NULL) {
+        self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+        if (self < 0) return NULL;
+        target = open(netns_path, O_RDONLY | O_CLOEXEC);
+        if (target < 0 || setns(target, CLONE_NEWNET) != 0) {
+            int e = errno;
+            if (target >= 0) close(target);
+            close(self);
+            errno = e;
+            return NULL;
+        }
+    }
+    struct nfct_handle *h = nfct_open(CONNTRACK, groups);
+    int e = errno;
+    if (netns_path != NULL) {
+        // Back to where the thread was; the socket stays in the target namespace.
+        if (setns(self, CLONE_NEWNET) != 0) abort();
+        close(self);
+        close(target);
+    }
+    errno = e;
+    return h;
+}
+
+void ks_ct_close(struct nfct_handle *h) { nfct_close(h); }
+int ks_ct_fd(struct nfct_handle *h) { return nfct_fd(h); }
+
+int ks_ct_set_receive_buffer(struct nfct_handle *h, int bytes) {
+    int fd = nfct_fd(h);
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof bytes) == 0) return 0;
+    return setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
+}
+
+int ks_ct_set_nonblocking(struct nfct_handle *h) {
+    int fd = nfct_fd(h);
+    int fl = fcntl(fd, F_GETFL);
+    return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+static void flatten(const struct nf_conntrack *ct, ks_ct *out, uint8_t event) {
+    memset(out, 0, sizeof *out);
+    uint8_t l3 = nfct_get_attr_u8(ct, ATTR_ORIG_L3PROTO);
+    out->family = l3 == AF_INET6 ? 6 : 4;
+    out->proto = nfct_get_attr_u8(ct, ATTR_ORIG_L4PROTO);
+    out->event = event;
+    if (out->family == 4) {
+        uint32_t a;
+        a = nfct_get_attr_u32(ct, ATTR_ORIG_IPV4_SRC); memcpy(out->orig_src, &a, 4);
+        a = nfct_get_attr_u32(ct, ATTR_ORIG_IPV4_DST); memcpy(out->orig_dst, &a, 4);
+        a = nfct_get_attr_u32(ct, ATTR_REPL_IPV4_SRC); memcpy(out->repl_src, &a, 4);
+        a = nfct_get_attr_u32(ct, ATTR_REPL_IPV4_DST); memcpy(out->repl_dst, &a, 4);
+    } else {
+        const void *p;
+        if ((p = nfct_get_attr(ct, ATTR_ORIG_IPV6_SRC))) memcpy(out->orig_src, p, 16);
+        if ((p = nfct_get_attr(ct, ATTR_ORIG_IPV6_DST))) memcpy(out->orig_dst, p, 16);
+        if ((p = nfct_get_attr(ct, ATTR_REPL_IPV6_SRC))) memcpy(out->repl_src, p, 16);
+        if ((p = nfct_get_attr(ct, ATTR_REPL_IPV6_DST))) memcpy(out->repl_dst, p, 16);
+    }
+    if (out->proto == IPPROTO_ICMP || out->proto == IPPROTO_ICMPV6) {
+        out->orig_sport = ntohs(nfct_get_attr_u16(ct, ATTR_ICMP_ID));
+        out->orig_dport = (uint16_t)(nfct_get_attr_u8(ct, ATTR_ICMP_TYPE) << 8 | nfct_get_attr_u8(ct, ATTR_ICMP_CODE));
+        out->repl_sport = out->orig_sport;
+        // The kernel keys the reply by the reply type (echo reply for an echo request).
+        uint8_t type = nfct_get_attr_u8(ct, ATTR_ICMP_TYPE);
+        uint8_t rtype = out->proto == IPPROTO_ICMP ? (type == 8 ? 0 : type == 13 ? 14 : type == 15 ? 16 : type == 17 ? 18 : type)
+                                                   : (type == 128 ? 129 : type);
+        out->repl_dport = (uint16_t)(rtype << 8 | nfct_get_attr_u8(ct, ATTR_ICMP_CODE));
+    } else {
+        out->orig_sport = ntohs(nfct_get_attr_u16(ct, ATTR_ORIG_PORT_SRC));
+        out->orig_dport = ntohs(nfct_get_attr_u16(ct, ATTR_ORIG_PORT_DST));
+        out->repl_sport = ntohs(nfct_get_attr_u16(ct, ATTR_REPL_PORT_SRC));
+        out->repl_dport = ntohs(nfct_get_attr_u16(ct, ATTR_REPL_PORT_DST));
+    }
+    if (out->proto == IPPROTO_TCP) out->tcp_state = nfct_get_attr_u8(ct, ATTR_TCP_STATE);
+    out->status = nfct_get_attr_u32(ct, ATTR_STATUS);
+    out->timeout = nfct_get_attr_u32(ct, ATTR_TIMEOUT);
+    out->mark = nfct_get_attr_u32(ct, ATTR_MARK);
+    out->zone = nfct_get_attr_u16(ct, ATTR_ZONE);
+}
+
+#define KS_BATCH 512
+
+struct collector {
+    ks_ct batch[KS_BATCH];
+    int count;
+    ks_ct_sink sink;
+    void *context;
+    int delivered;
+};
+
+static void flush(struct collector *c) {
+    if (c->count > 0) {
+        c->sink(c->batch, c->count, c->context);
+        c->delivered += c->count;
+        c->count = 0;
+    }
+}
+
+static int collect(enum nf_conntrack_msg_type type, struct nf_conntrack *ct, void *data) {
+    struct collector *c = data;
+    uint8_t event = type == NFCT_T_DESTROY ? KS_EVENT_DESTROY : type == NFCT_T_UPDATE ? KS_EVENT_UPDATE : KS_EVENT_NEW;
+    flatten(ct, &c->batch[c->count++], event);
+    if (c->count == KS_BATCH) flush(c);
+    return NFCT_CB_CONTINUE;
+}
+
+int ks_ct_dump(struct nfct_handle *h, uint8_t family, ks_ct_sink sink, void *context) {
+    struct collector *c = calloc(1, sizeof *c);
+    if (!c) return -1;
+    c->sink = sink;
+    c->context = context;
+    nfct_callback_register(h, NFCT_T_ALL, collect, c);
+    uint32_t fam = family == 4 ? AF_INET : family == 6 ? AF_INET6 : AF_UNSPEC;
+    int r = nfct_query(h, NFCT_Q_DUMP, &fam);
+    int e = errno;
+    flush(c);
+    nfct_callback_unregister(h);
+    free(c);
+    errno = e;
+    return r;
+}
+
+int ks_ct_read_events(struct nfct_handle *h, ks_ct_sink sink, void *context) {
+    struct collector *c = calloc(1, sizeof *c);
+    if (!c) return -1;
+    c->sink = sink;
+    c->context = context;
+    nfct_callback_register(h, NFCT_T_ALL, collect, c);
+    int r = nfct_catch(h);   // returns -1 with EAGAIN once drained (non-blocking socket)
+    int e = errno;
+    flush(c);
+    nfct_callback_unregister(h);
+    int delivered = c->delivered;
+    free(c);
+    if (r == -1 && e != EAGAIN && e != EWOULDBLOCK && e != EINTR) {
+        errno = e;
+        return -1;
+    }
+    return delivered;
+}
+
+static void build(struct nf_conntrack *ct, const ks_ct *in, int op, int be_liberal) {
+    nfct_set_attr_u8(ct, ATTR_ORIG_L3PROTO, in->family == 6 ? AF_INET6 : AF_INET);
+    nfct_set_attr_u8(ct, ATTR_REPL_L3PROTO, in->family == 6 ? AF_INET6 : AF_INET);
+    nfct_set_attr_u8(ct, ATTR_ORIG_L4PROTO, in->proto);
+    nfct_set_attr_u8(ct, ATTR_REPL_L4PROTO, in->proto);
+    if (in->family == 4) {
+        uint32_t a;
+        memcpy(&a, in->orig_src, 4); nfct_set_attr_u32(ct, ATTR_ORIG_IPV4_SRC, a);
+        memcpy(&a, in->orig_dst, 4); nfct_set_attr_u32(ct, ATTR_ORIG_IPV4_DST, a);
+        memcpy(&a, in->repl_src, 4); nfct_set_attr_u32(ct, ATTR_REPL_IPV4_SRC, a);
+        memcpy(&a, in->repl_dst, 4); nfct_set_attr_u32(ct, ATTR_REPL_IPV4_DST, a);
+    } else {
+        nfct_set_attr(ct, ATTR_ORIG_IPV6_SRC, in->orig_src);
+        nfct_set_attr(ct, ATTR_ORIG_IPV6_DST, in->orig_dst);
+        nfct_set_attr(ct, ATTR_REPL_IPV6_SRC, in->repl_src);
+        nfct_set_attr(ct, ATTR_REPL_IPV6_DST, in->repl_dst);
+    }
+    if (in->proto == IPPROTO_ICMP || in->proto == IPPROTO_ICMPV6) {
+        nfct_set_attr_u16(ct, ATTR_ICMP_ID, htons(in->orig_sport));
+        nfct_set_attr_u8(ct, ATTR_ICMP_TYPE, (uint8_t)(in->orig_dport >> 8));
+        nfct_set_attr_u8(ct, ATTR_ICMP_CODE, (uint8_t)(in->orig_dport & 0xFF));
+    } else {
+        nfct_set_attr_u16(ct, ATTR_ORIG_PORT_SRC, htons(in->orig_sport));
+        nfct_set_attr_u16(ct, ATTR_ORIG_PORT_DST, htons(in->orig_dport));
+        nfct_set_attr_u16(ct, ATTR_REPL_PORT_SRC, htons(in->repl_sport));
+        nfct_set_attr_u16(ct, ATTR_REPL_PORT_DST, htons(in->repl_dport));
+    }
+    if (in->zone) nfct_set_attr_u16(ct, ATTR_ZONE, in->zone);
+    if (op == 1) return;
+    // NAT: the reply tuple tells what was translated; ctnetlink wants it as NAT attributes.
+    if (in->family == 4) {
+        if (memcmp(in->repl_dst, in->orig_src, 4) != 0 || in->repl_dport != in->orig_sport) {
+            uint32_t a; memcpy(&a, in->repl_dst, 4);
+            nfct_set_attr_u32(ct, ATTR_SNAT_IPV4, a);
+            if (in->proto != IPPROTO_ICMP) nfct_set_attr_u16(ct, ATTR_SNAT_PORT, htons(in->repl_dport));
+        }
+        if (memcmp(in->repl_src, in->orig_dst, 4) != 0 || in->repl_sport != in->orig_dport) {
+            uint32_t a; memcpy(&a, in->repl_src, 4);
+            nfct_set_attr_u32(ct, ATTR_DNAT_IPV4, a);
+            if (in->proto != IPPROTO_ICMP) nfct_set_attr_u16(ct, ATTR_DNAT_PORT, htons(in->repl_sport));
+        }
+    } else {
+        if (memcmp(in->repl_dst, in->orig_src, 16) != 0 || in->repl_dport != in->orig_sport) {
+            nfct_set_attr(ct, ATTR_SNAT_IPV6, in->repl_dst);
+            if (in->proto != IPPROTO_ICMPV6) nfct_set_attr_u16(ct, ATTR_SNAT_PORT, htons(in->repl_dport));
+        }
+        if (memcmp(in->repl_src, in->orig_dst, 16) != 0 || in->repl_sport != in->orig_dport) {
+            nfct_set_attr(ct, ATTR_DNAT_IPV6, in->repl_src);
+            if (in->proto != IPPROTO_ICMPV6) nfct_set_attr_u16(ct, ATTR_DNAT_PORT, htons(in->repl_sport));
+        }
+    }
+    if (in->proto == IPPROTO_TCP) {
+        nfct_set_attr_u8(ct, ATTR_TCP_STATE, in->tcp_state);
+        if (be_liberal) {
+            nfct_set_attr_u8(ct, ATTR_TCP_FLAGS_ORIG, IP_CT_TCP_FLAG_BE_LIBERAL);
+            nfct_set_attr_u8(ct, ATTR_TCP_MASK_ORIG, IP_CT_TCP_FLAG_BE_LIBERAL);
+            nfct_set_attr_u8(ct, ATTR_TCP_FLAGS_REPL, IP_CT_TCP_FLAG_BE_LIBERAL);
+            nfct_set_attr_u8(ct, ATTR_TCP_MASK_REPL, IP_CT_TCP_FLAG_BE_LIBERAL);
+        }
+    }
+    // Only the bits userspace may set; NAT bits follow from the NAT attributes, and an
+    // injected conntrack is never EXPECTED (IPS_SEEN_REPLY | IPS_ASSURED | fixed timeout ok).
+    nfct_set_attr_u32(ct, ATTR_STATUS, in->status & (IPS_SEEN_REPLY | IPS_ASSURED));
+    nfct_set_attr_u32(ct, ATTR_TIMEOUT, in->timeout);
+    if (in->mark) nfct_set_attr_u32(ct, ATTR_MARK, in->mark);
+}
+
+/// Reads pending netlink error messages without blocking; returns the count of rejections.
+static int drain_errors(int fd, int *first_error) {
+    char buf[8192];
+    int rejected = 0;
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n <= 0) break;
+        for (struct nlmsghdr *nlh = (struct nlmsghdr *)buf; NLMSG_OK(nlh, (unsigned)n); nlh = NLMSG_NEXT(nlh, n)) {
+            if (nlh->nlmsg_type == NLMSG_ERROR) {
+                struct nlmsgerr *err = NLMSG_DATA(nlh);
+                if (err->error != 0) {
+                    if (rejected == 0 && first_error) *first_error = -err->error;
+                    rejected++;
+                }
+            }
+        }
+    }
+    return rejected;
+}
+
+int ks_ct_write(struct nfct_handle *h, const ks_ct *cts, int count, int op, int be_liberal, int *first_error) {
+    int fd = nfct_fd(h);
+    size_t cap = 1 << 16;
+    char *buf = malloc(cap);
+    if (!buf) { errno = ENOMEM; return -1; }
+    int rejected = 0;
+    size_t used = 0;
+    if (first_error) *first_error = 0;
+    for (int i = 0; i <= count; i++) {
+        // Send when the next message might not fit, and at the end.
+        if (i == count || used + 1024 > cap) {
+            if (used > 0) {
+                struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+                ssize_t s = sendto(fd, buf, used, 0, (struct sockaddr *)&kernel, sizeof kernel);
+                if (s < 0) { int e = errno; free(buf); errno = e; return -1; }
+                rejected += drain_errors(fd, rejected == 0 ? first_error : NULL);
+                used = 0;
+            }
+            if (i == count) break;
+        }
+        struct nf_conntrack *ct = nfct_new();
+        if (!ct) { free(buf); errno = ENOMEM; return -1; }
+        build(ct, &cts[i], op, be_liberal);
+        struct nlmsghdr *nlh = (struct nlmsghdr *)(buf + used);
+        memset(nlh, 0, NLMSG_HDRLEN + sizeof(struct nfgenmsg));
+        nlh->nlmsg_len = NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(struct nfgenmsg));
+        nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | (op == 1 ? IPCTNL_MSG_CT_DELETE : IPCTNL_MSG_CT_NEW);
+        nlh->nlmsg_flags = NLM_F_REQUEST | (op == 1 ? 0 : NLM_F_CREATE);
+        nlh->nlmsg_seq = (uint32_t)i;
+        struct nfgenmsg *nfg = NLMSG_DATA(nlh);
+        nfg->nfgen_family = cts[i].family == 6 ? AF_INET6 : AF_INET;
+        nfg->version = NFNETLINK_V0;
+        nfct_nlmsg_build(nlh, ct);
+        nfct_destroy(ct);
+        used += NLMSG_ALIGN(nlh->nlmsg_len);
+    }
+    free(buf);
+    return rejected;
+}

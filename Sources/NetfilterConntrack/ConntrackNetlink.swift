@@ -1,0 +1,190 @@
+import CNetfilterConntrack
+public import ConntrackModel
+import Glibc
+
+/// Why a ctnetlink operation failed.
+public struct NetfilterError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var operation: String
+    public var errno: Int32
+
+    public var description: String {
+        "\(operation): \(String(cString: strerror(errno))) (errno \(errno))"
+    }
+
+    /// The kernel dropped events because the socket's receive buffer overflowed.
+    public var isOverrun: Bool { errno == ENOBUFS }
+}
+
+/// What happened to a conntrack, as an event reports it.
+public enum ConntrackEventKind: UInt8, Sendable, Equatable {
+    case new = 0
+    case update = 1
+    case destroy = 2
+}
+
+public struct ConntrackEvent: Sendable, Equatable {
+    public var kind: ConntrackEventKind
+    public var conntrack: Conntrack
+}
+
+/// One ctnetlink socket, in one network namespace: dumps, batched writes, events.
+///
+/// Not thread-safe: one owner uses it at a time (the kernel dataplane gives each socket to one
+/// thread). The socket belongs to the namespace it was opened in for its whole life.
+public final class ConntrackNetlink: @unchecked Sendable {
+    private let handle: OpaquePointer
+
+    /// Opens a socket in the namespace at `netnsPath` (e.g. `/run/netns/NAME`; nil for the
+    /// process's own), subscribed to new, update and destroy events when `events` is set.
+    public init(netnsPath: String? = nil, events: Bool = false) throws(NetfilterError) {
+        let groups: UInt32 = events ? 0x7 : 0   // NF_NETLINK_CONNTRACK_NEW | UPDATE | DESTROY
+        let h: OpaquePointer? = netnsPath.map { path in path.withCString { ks_ct_open($0, groups) } } ?? ks_ct_open(nil, groups)
+        guard let h else { throw NetfilterError(operation: "open ctnetlink\(netnsPath.map { " in \($0)" } ?? "")", errno: Glibc.errno) }
+        handle = h
+    }
+
+    deinit { ks_ct_close(handle) }
+
+    public var fileDescriptor: Int32 { ks_ct_fd(handle) }
+
+    /// Raises the receive buffer (events are lost under load with the default size).
+    public func setReceiveBuffer(bytes: Int) throws(NetfilterError) {
+        guard ks_ct_set_receive_buffer(handle, Int32(clamping: bytes)) == 0 else {
+            throw NetfilterError(operation: "set receive buffer", errno: Glibc.errno)
+        }
+    }
+
+    public func setNonBlocking() throws(NetfilterError) {
+        guard ks_ct_set_nonblocking(handle) == 0 else { throw NetfilterError(operation: "set non-blocking", errno: Glibc.errno) }
+    }
+
+    private final class Collector {
+        var conntracks: [Conntrack] = []
+        var events: [ConntrackEvent] = []
+        let keepEvents: Bool
+        init(keepEvents: Bool) { self.keepEvents = keepEvents }
+    }
+
+    private static let sink: ks_ct_sink = { cts, count, context in
+        guard let cts, let context else { return }
+        let collector = Unmanaged<Collector>.fromOpaque(context).takeUnretainedValue()
+        for i in 0..<Int(count) {
+            let c = ConntrackNetlink.conntrack(cts[i])
+            if collector.keepEvents {
+                collector.events.append(ConntrackEvent(kind: ConntrackEventKind(rawValue: cts[i].event) ?? .update, conntrack: c))
+            } else {
+                collector.conntracks.append(c)
+            }
+        }
+    }
+
+    /// Every conntrack of the table (of one family, or both).
+    public func dump(family: AddressFamily? = nil) throws(NetfilterError) -> [Conntrack] {
+        let collector = Collector(keepEvents: false)
+        let r = withExtendedLifetime(collector) {
+            ks_ct_dump(handle, family?.rawValue ?? 0, Self.sink, Unmanaged.passUnretained(collector).toOpaque())
+        }
+        guard r == 0 else { throw NetfilterError(operation: "dump", errno: Glibc.errno) }
+        return collector.conntracks
+    }
+
+    /// Reads the events waiting on a non-blocking event socket.
+    public func readEvents() throws(NetfilterError) -> [ConntrackEvent] {
+        let collector = Collector(keepEvents: true)
+        let r = withExtendedLifetime(collector) {
+            ks_ct_read_events(handle, Self.sink, Unmanaged.passUnretained(collector).toOpaque())
+        }
+        guard r >= 0 else { throw NetfilterError(operation: "read events", errno: Glibc.errno) }
+        return collector.events
+    }
+
+    public struct WriteResult: Sendable, Equatable {
+        /// Messages the kernel refused (for a create: the entry exists with NAT, say).
+        public var rejected: Int
+        /// errno of the first refusal.
+        public var firstError: Int32
+    }
+
+    /// Creates (or updates) conntracks in batched netlink messages. TCP entries get the
+    /// be-liberal window flags when `beLiberal` is set, so mid-stream packets pass.
+    public func create(_ conntracks: [Conntrack], beLiberal: Bool = true) throws(NetfilterError) -> WriteResult {
+        try write(conntracks.map(Self.flat), op: 0, beLiberal: beLiberal, what: "create")
+    }
+
+    /// Deletes conntracks by key, in batched netlink messages.
+    public func delete(_ keys: [ConntrackKey]) throws(NetfilterError) -> WriteResult {
+        try write(keys.map { Self.flat(Conntrack(family: $0.family, proto: $0.proto, original: $0.original, timeout: 0, zone: $0.zone)) },
+                  op: 1, beLiberal: false, what: "delete")
+    }
+
+    private func write(_ flats: [ks_ct], op: Int32, beLiberal: Bool, what: String) throws(NetfilterError) -> WriteResult {
+        var firstError: Int32 = 0
+        let r = flats.withUnsafeBufferPointer { ks_ct_write(handle, $0.baseAddress, Int32($0.count), op, beLiberal ? 1 : 0, &firstError) }
+        guard r >= 0 else { throw NetfilterError(operation: what, errno: Glibc.errno) }
+        return WriteResult(rejected: Int(r), firstError: firstError)
+    }
+
+    // MARK: conversion
+
+    private static func address(_ bytes: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                                          UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8), v6: Bool) -> IPAddressBits {
+        withUnsafeBytes(of: bytes) { raw in
+            if !v6 {
+                return IPAddressBits(ipv4: UInt32(raw[0]) << 24 | UInt32(raw[1]) << 16 | UInt32(raw[2]) << 8 | UInt32(raw[3]))
+            }
+            var hi: UInt64 = 0, lo: UInt64 = 0
+            for i in 0..<8 { hi = hi << 8 | UInt64(raw[i]) }
+            for i in 8..<16 { lo = lo << 8 | UInt64(raw[i]) }
+            return IPAddressBits(high: hi, low: lo)
+        }
+    }
+
+    private static func store(_ a: IPAddressBits, v6: Bool, into bytes: inout (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                                                                               UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8)) {
+        withUnsafeMutableBytes(of: &bytes) { raw in
+            if !v6 {
+                let v = a.ipv4
+                raw[0] = UInt8(v >> 24); raw[1] = UInt8(v >> 16 & 0xFF); raw[2] = UInt8(v >> 8 & 0xFF); raw[3] = UInt8(v & 0xFF)
+                return
+            }
+            for i in 0..<8 { raw[i] = UInt8(truncatingIfNeeded: a.high >> UInt64(56 - 8 * i)) }
+            for i in 0..<8 { raw[8 + i] = UInt8(truncatingIfNeeded: a.low >> UInt64(56 - 8 * i)) }
+        }
+    }
+
+    static func conntrack(_ f: ks_ct) -> Conntrack {
+        let v6 = f.family == 6
+        let original = ConntrackTuple(
+            source: address(f.orig_src, v6: v6), destination: address(f.orig_dst, v6: v6),
+            sourcePort: f.orig_sport, destinationPort: f.orig_dport)
+        let reply = ConntrackTuple(
+            source: address(f.repl_src, v6: v6), destination: address(f.repl_dst, v6: v6),
+            sourcePort: f.repl_sport, destinationPort: f.repl_dport)
+        let proto = IPProtocolNumber(rawValue: f.proto)
+        return Conntrack(
+            family: v6 ? .ipv6 : .ipv4, proto: proto, original: original, reply: reply,
+            tcpState: proto == .tcp ? TCPState(rawValue: f.tcp_state) ?? .none : .none,
+            status: ConntrackStatus(rawValue: f.status), timeout: f.timeout, mark: f.mark, zone: f.zone)
+    }
+
+    static func flat(_ c: Conntrack) -> ks_ct {
+        var f = ks_ct()
+        let v6 = c.family == .ipv6
+        f.family = v6 ? 6 : 4
+        f.proto = c.proto.rawValue
+        f.tcp_state = c.tcpState.rawValue
+        f.zone = c.zone
+        f.orig_sport = c.original.sourcePort
+        f.orig_dport = c.original.destinationPort
+        f.repl_sport = c.reply.sourcePort
+        f.repl_dport = c.reply.destinationPort
+        f.status = c.status.rawValue
+        f.timeout = c.timeout
+        f.mark = c.mark
+        store(c.original.source, v6: v6, into: &f.orig_src)
+        store(c.original.destination, v6: v6, into: &f.orig_dst)
+        store(c.reply.source, v6: v6, into: &f.repl_src)
+        store(c.reply.destination, v6: v6, into: &f.repl_dst)
+        return f
+    }
+}
