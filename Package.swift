@@ -42,6 +42,14 @@ let package = Package(
         ),
         // The thin Swift wrapper: dump, events, batched create and delete, per namespace.
         .target(name: "NetfilterConntrack", dependencies: ["CNetfilterConntrack", "ConntrackModel"], swiftSettings: strict),
+        // The kernel's conntrack table of a VRF (its network namespace) behind `Dataplane`.
+        .target(
+            name: "KernelDataplane",
+            dependencies: ["ConntrackModel", "Dataplane", "NetfilterConntrack"],
+            swiftSettings: strict
+        ),
+        // Helpers shared by the test targets (network namespaces, processes).
+        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
         // The Dataplane interface and the in-memory implementation with a traffic generator.
         .target(name: "Dataplane", dependencies: ["ConntrackModel"], swiftSettings: strict),
         // CA and node certificates for the sync connections.
@@ -92,11 +100,12 @@ let package = Package(
         .testTarget(name: "ConfigTests", dependencies: ["Config", "ConntrackModel"], swiftSettings: strict),
         .testTarget(name: "DataplaneTests", dependencies: ["Dataplane", "ConntrackModel"], swiftSettings: strict),
         .testTarget(name: "PKITests", dependencies: ["PKI"], swiftSettings: strict),
-        .testTarget(name: "NetfilterConntrackTests", dependencies: ["NetfilterConntrack", "ConntrackModel"], swiftSettings: strict),
+        .testTarget(
+            name: "NetfilterConntrackTests", dependencies: ["NetfilterConntrack", "ConntrackModel", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "SyncEngineTests",
             dependencies: [
-                "SyncEngine", "SyncProtocol", "Dataplane", "ConntrackModel", "PKI",
+                "SyncEngine", "SyncProtocol", "Dataplane", "ConntrackModel", "PKI", "KernelDataplane", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -39,6 +39,42 @@ struct nfct_handle *ks_ct_open(const char *netns_path, unsigned groups) {
 }
 
 void ks_ct_close(struct nfct_handle *h) { nfct_close(h); }
+
+int ks_ct_enable_events(const char *netns_path) {
+    int self = -1, target = -1;
+    if (netns_path != NULL) {
+        self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+        if (self < 0) return -1;
+        target = open(netns_path, O_RDONLY | O_CLOEXEC);
+        if (target < 0 || setns(target, CLONE_NEWNET) != 0) {
+            int e = errno;
+            if (target >= 0) close(target);
+            close(self);
+            errno = e;
+            return -1;
+        }
+    }
+    // /proc/sys/net resolves to the namespace of the thread that opens it.
+    int fd = open("/proc/sys/net/netfilter/nf_conntrack_events", O_RDWR | O_CLOEXEC);
+    int e = errno;
+    if (netns_path != NULL) {
+        if (setns(self, CLONE_NEWNET) != 0) abort();
+        close(self);
+        close(target);
+    }
+    if (fd < 0) { errno = e; return -1; }
+    char old[8] = {0};
+    ssize_t n = read(fd, old, sizeof old - 1);
+    int previous = n > 0 ? old[0] - '0' : -1;
+    int result = previous;
+    if (previous != 1) {
+        if (pwrite(fd, "1\n", 2, 0) != 2) result = -1;
+    }
+    e = errno;
+    close(fd);
+    errno = e;
+    return result;
+}
 int ks_ct_fd(struct nfct_handle *h) { return nfct_fd(h); }
 
 int ks_ct_set_receive_buffer(struct nfct_handle *h, int bytes) {

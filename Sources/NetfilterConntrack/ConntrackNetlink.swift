@@ -45,6 +45,16 @@ public final class ConntrackNetlink: @unchecked Sendable {
 
     deinit { ks_ct_close(handle) }
 
+    /// Sets `net.netfilter.nf_conntrack_events` to 1 in a namespace (nil: this process's) so that
+    /// every new conntrack reports its updates and deletion, and returns the previous value.
+    /// With the kernel's default 2, conntracks created while nobody listens report nothing later.
+    @discardableResult
+    public static func enableEvents(netnsPath: String?) throws(NetfilterError) -> Int {
+        let r = netnsPath.map { p in p.withCString { ks_ct_enable_events($0) } } ?? ks_ct_enable_events(nil)
+        guard r >= 0 else { throw NetfilterError(operation: "set nf_conntrack_events", errno: Glibc.errno) }
+        return Int(r)
+    }
+
     public var fileDescriptor: Int32 { ks_ct_fd(handle) }
 
     /// Raises the receive buffer (events are lost under load with the default size).

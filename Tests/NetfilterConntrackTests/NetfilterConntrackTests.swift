@@ -2,48 +2,7 @@ import ConntrackModel
 import Foundation
 import NetfilterConntrack
 import Testing
-
-let isRoot = getuid() == 0
-
-/// A network namespace made for one test and deleted after it.
-final class TestNamespace {
-    let name: String
-    var path: String { "/run/netns/\(name)" }
-
-    init(_ tag: String) throws {
-        name = "ks-\(tag)-\(getpid())"
-        _ = try? run(["ip", "netns", "del", name])
-        let r = try run(["ip", "netns", "add", name])
-        guard r.status == 0 else { throw TestFailure("ip netns add \(name): \(r.output)") }
-    }
-
-    deinit { _ = try? run(["ip", "netns", "del", name]) }
-
-    /// Runs a command inside the namespace.
-    @discardableResult
-    func exec(_ args: [String]) throws -> (status: Int32, output: String) {
-        try run(["ip", "netns", "exec", name] + args)
-    }
-}
-
-struct TestFailure: Error, CustomStringConvertible {
-    var description: String
-    init(_ d: String) { description = d }
-}
-
-@discardableResult
-func run(_ args: [String]) throws -> (status: Int32, output: String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = args
-    let pipe = Pipe()
-    p.standardOutput = pipe
-    p.standardError = pipe
-    try p.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
-}
+import TestSupport
 
 func v4(_ s: String) -> IPAddressBits { IPAddressBits(parsing: s, family: .ipv4)! }
 

@@ -31,6 +31,11 @@ typedef void (*ks_ct_sink)(const ks_ct *cts, int count, void *context);
 /// returns to its own namespace before this function returns. NULL with errno on failure.
 struct nfct_handle *ks_ct_open(const char *netns_path, unsigned groups);
 void ks_ct_close(struct nfct_handle *h);
+
+/// Sets net.netfilter.nf_conntrack_events to 1 in the namespace at `netns_path` (NULL: the
+/// caller's). With the default 2, conntracks created while no listener exists never report
+/// updates or deletions. Returns the previous value (0, 1 or 2), or -1 with errno.
+int ks_ct_enable_events(const char *netns_path);
 int ks_ct_fd(struct nfct_handle *h);
 /// Sets the socket receive buffer (SO_RCVBUFFORCE, falling back to SO_RCVBUF).
 int ks_ct_set_receive_buffer(struct nfct_handle *h, int bytes);

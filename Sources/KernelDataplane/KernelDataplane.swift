@@ -1,0 +1,241 @@
+public import ConntrackModel
+public import Dataplane
+import Foundation
+import NetfilterConntrack
+import Synchronization
+
+/// A VRF's conntrack table in the Linux kernel, through ctnetlink, in the VRF's network namespace.
+///
+/// It keeps a mirror of the conntracks that qualify for sync (established; not expected by an
+/// ALG helper) fed by the kernel's events, so that `snapshot` is an in-memory copy consistent with
+/// the change stream, as `Dataplane` requires, and never a kernel dump on the sync path. When the
+/// kernel reports that it dropped events (ENOBUFS), the mirror is rebuilt from a dump and the
+/// differences are delivered as changes: nothing is lost silently (`overruns` counts them).
+public final class KernelDataplane: Dataplane, @unchecked Sendable {
+    public let vrf: String
+    public let netnsPath: String?
+
+    private struct State {
+        var mirror = ConntrackTable<UInt8>()
+        var sinks: [(Int, @Sendable ([ConntrackUpdate]) -> Void)] = []
+        var nextID = 0
+        var overruns = 0
+        var reconciliations = 0
+        var eventsSeen = 0
+    }
+
+    private let state = Mutex(State())
+    private let events: ConntrackNetlink
+    /// Writes and dumps; used under `writeLock` (one netlink request at a time).
+    private let command: ConntrackNetlink
+    private let writeLock = NSLock()
+    private let stopped = Atomic<Bool>(false)
+    private var thread: Thread?
+
+    /// The value `nf_conntrack_events` had in the namespace before this dataplane set it to 1.
+    /// When it was not 1, conntracks created before now may not report their changes; the
+    /// periodic reconciliation catches those.
+    public let previousEventsSetting: Int
+    private let reconcileInterval: Double
+    private var lastReconcile = ContinuousClock.now
+
+    /// Opens the VRF's sockets, fills the mirror from a dump and starts reading events.
+    /// `netnsPath` is `/run/netns/NAME` for a VRF in a namespace, nil for the daemon's own.
+    /// Every `reconcileInterval` seconds a dump is compared with the mirror (0: never).
+    public init(vrf: String, netnsPath: String?, receiveBuffer: Int = 8 << 20, reconcileInterval: Double = 30) throws {
+        self.vrf = vrf
+        self.netnsPath = netnsPath
+        self.reconcileInterval = reconcileInterval
+        previousEventsSetting = try ConntrackNetlink.enableEvents(netnsPath: netnsPath)
+        events = try ConntrackNetlink(netnsPath: netnsPath, events: true)
+        try events.setReceiveBuffer(bytes: receiveBuffer)
+        try events.setNonBlocking()
+        command = try ConntrackNetlink(netnsPath: netnsPath)
+        let initial = try command.dump()
+        state.withLock { s in
+            for c in initial where Self.qualifies(c) { s.mirror.upsert(c, tag: 0) }
+        }
+        let t = Thread { [weak self] in self?.readLoop() }
+        t.name = "keepstate-ct-\(vrf)"
+        thread = t
+        t.start()
+    }
+
+    deinit { stop() }
+
+    /// Stops reading events. The sockets close when the object goes.
+    public func stop() {
+        stopped.store(true, ordering: .relaxed)
+    }
+
+    /// Whether a conntrack is synced: established (TCP ESTABLISHED, others seen both ways), and
+    /// not created for an ALG helper's expectation.
+    public static func qualifies(_ c: Conntrack) -> Bool {
+        c.isEstablished && !c.status.contains(.expected) && !c.status.contains(.template)
+    }
+
+    public var count: Int { state.withLock { $0.mirror.count } }
+    /// How many event overruns were recovered by a dump.
+    public var overruns: Int { state.withLock { $0.overruns } }
+    /// How many dumps were compared with the mirror (overruns and periodic ones).
+    public var reconciliations: Int { state.withLock { $0.reconciliations } }
+
+    public func dump() throws -> [Conntrack] {
+        writeLock.lock()
+        defer { writeLock.unlock() }
+        return try command.dump()
+    }
+
+    public func snapshot(share: Int, of count: Int) -> [Conntrack] {
+        state.withLock { s in
+            var out: [Conntrack] = []
+            out.reserveCapacity(s.mirror.count / max(count, 1) + 16)
+            for c in s.mirror.entries where c.key.share(of: count) == share { out.append(c) }
+            return out
+        }
+    }
+
+    public func subscribe(_ sink: @escaping @Sendable ([ConntrackUpdate]) -> Void) -> DataplaneSubscription {
+        state.withLock { s in
+            s.nextID += 1
+            s.sinks.append((s.nextID, sink))
+            return DataplaneSubscription(id: s.nextID)
+        }
+    }
+
+    public func unsubscribe(_ subscription: DataplaneSubscription) {
+        state.withLock { s in s.sinks.removeAll { $0.0 == subscription.id } }
+    }
+
+    public struct WriteError: Error, CustomStringConvertible {
+        public var rejected: Int
+        public var firstError: Int32
+        public var description: String {
+            "the kernel refused \(rejected) conntrack write(s); first: \(String(cString: strerror(firstError)))"
+        }
+    }
+
+    /// Writes synced conntracks into the kernel table (TCP with the be-liberal flags) and deletes.
+    /// The mirror takes the same changes at once, so the events these writes cause compare equal
+    /// and are not delivered: Keepstate's own writes are never echoed to the peer.
+    public func apply(_ updates: [ConntrackUpdate]) throws {
+        var creates: [Conntrack] = []
+        var deletes: [ConntrackKey] = []
+        for u in updates {
+            switch u {
+            case .upsert(let c): creates.append(c)
+            case .delete(let k): deletes.append(k)
+            }
+        }
+        state.withLock { s in
+            for c in creates { s.mirror.upsert(c, tag: 0) }
+            for k in deletes { s.mirror.remove(k) }
+        }
+        writeLock.lock()
+        defer { writeLock.unlock() }
+        var rejected = 0
+        var firstError: Int32 = 0
+        if !creates.isEmpty {
+            let r = try command.create(creates)
+            rejected += r.rejected
+            if firstError == 0 { firstError = r.firstError }
+        }
+        if !deletes.isEmpty {
+            let r = try command.delete(deletes)
+            // ENOENT on delete: already gone, which is what was wanted.
+            if r.firstError != ENOENT {
+                rejected += r.rejected
+                if firstError == 0 { firstError = r.firstError }
+            }
+        }
+        if rejected > 0 { throw WriteError(rejected: rejected, firstError: firstError) }
+    }
+
+    // MARK: events
+
+    private func readLoop() {
+        var pfd = pollfd(fd: events.fileDescriptor, events: Int16(POLLIN), revents: 0)
+        while !stopped.load(ordering: .relaxed) {
+            if reconcileInterval > 0, ContinuousClock.now - lastReconcile > .milliseconds(Int(reconcileInterval * 1000)) {
+                lastReconcile = ContinuousClock.now
+                reconcile(countAsOverrun: false)
+            }
+            let r = poll(&pfd, 1, 100)
+            if r <= 0 { continue }
+            do {
+                let batch = try events.readEvents()
+                if !batch.isEmpty { deliver(batch) }
+            } catch {
+                // ENOBUFS: the kernel dropped events. Any other read error may have lost some
+                // too. Either way a dump puts the mirror right and tells the subscribers.
+                reconcile(countAsOverrun: true)
+            }
+        }
+    }
+
+    /// Turns kernel events into sync changes against the mirror, and delivers them in order.
+    private func deliver(_ batch: [ConntrackEvent]) {
+        state.withLock { s in
+            s.eventsSeen += batch.count
+            var changes: [ConntrackUpdate] = []
+            changes.reserveCapacity(batch.count)
+            for e in batch {
+                let c = e.conntrack
+                switch e.kind {
+                case .destroy:
+                    if s.mirror.remove(c.key) != nil { changes.append(.delete(c.key)) }
+                case .new, .update:
+                    if let held = s.mirror[c.key] {
+                        // A synced conntrack changed: its state, status or mark (events do not
+                        // come for timeout refreshes alone). An echo of our own write is equal.
+                        if held.tcpState != c.tcpState || held.status != c.status || held.mark != c.mark || held.reply != c.reply {
+                            s.mirror.upsert(c, tag: 0)
+                            changes.append(.upsert(c))
+                        }
+                    } else if Self.qualifies(c) {
+                        s.mirror.upsert(c, tag: 0)
+                        changes.append(.upsert(c))
+                    }
+                }
+            }
+            if !changes.isEmpty {
+                for (_, sink) in s.sinks { sink(changes) }
+            }
+        }
+    }
+
+    /// Rebuilds the mirror from a dump and delivers the differences: after lost events, and
+    /// periodically for conntracks that report no events.
+    private func reconcile(countAsOverrun: Bool) {
+        // Drop what is queued first: every change from here on is either in the dump or arrives
+        // as an event after it (and compares equal to the mirror if it is both).
+        _ = try? events.readEvents()
+        let table: [Conntrack]
+        do {
+            writeLock.lock()
+            defer { writeLock.unlock() }
+            table = try command.dump()
+        } catch {
+            return
+        }
+        state.withLock { s in
+            if countAsOverrun { s.overruns += 1 }
+            s.reconciliations += 1
+            var fresh = ConntrackTable<UInt8>(minimumCapacity: table.count)
+            var changes: [ConntrackUpdate] = []
+            for c in table where Self.qualifies(c) {
+                fresh.upsert(c, tag: 0)
+                if let held = s.mirror[c.key], held.tcpState == c.tcpState, held.status == c.status, held.mark == c.mark,
+                   held.reply == c.reply {
+                    continue
+                }
+                changes.append(.upsert(c))
+            }
+            for c in s.mirror.entries where fresh[c.key] == nil { changes.append(.delete(c.key)) }
+            s.mirror = fresh
+            if !changes.isEmpty {
+                for (_, sink) in s.sinks { sink(changes) }
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+import ConntrackModel
+import Dataplane
+import Foundation
+import KernelDataplane
+import Logging
+import NIOCore
+import NIOPosix
+import SyncEngine
+import Testing
+import TestSupport
+
+/// Two engines over TLS on loopback whose dataplanes are the kernel tables of two namespaces.
+@Suite("Sync of real kernel tables", .serialized, .enabled(if: isRoot, "needs root for network namespaces"))
+struct KernelSyncTests {
+    func conntrack(_ ns: TestNamespace, _ args: [String]) throws {
+        let r = try ns.exec(["conntrack"] + args)
+        if r.status != 0 { throw TestFailure("conntrack \(args.joined(separator: " ")): \(r.output)") }
+    }
+
+    @Test("conntracks made with `conntrack -I` in the master's namespace reach the backup; changes, deletions and a failover commit follow")
+    func kernelToKernel() async throws {
+        let ns1 = try TestNamespace("master")
+        let ns2 = try TestNamespace("backup")
+        // Before the daemon starts: one established TCP, one NATed UDP, one unreplied UDP (not synced).
+        try conntrack(ns1, ["-I", "-p", "tcp", "-s", "10.1.0.1", "-d", "10.2.0.1", "--sport", "40000", "--dport", "443",
+                            "--state", "ESTABLISHED", "-t", "3000", "-u", "SEEN_REPLY,ASSURED"])
+        try conntrack(ns1, ["-I", "-p", "udp", "-s", "100.64.0.5", "-d", "198.51.100.9", "--sport", "5000", "--dport", "53",
+                            "-r", "198.51.100.9", "-q", "203.0.113.1", "--reply-port-src", "53", "--reply-port-dst", "20001",
+                            "-t", "1200", "-u", "SEEN_REPLY"])
+        try conntrack(ns1, ["-I", "-p", "udp", "-s", "100.64.0.6", "-d", "198.51.100.9", "--sport", "5001", "--dport", "53", "-t", "30"])
+
+        // Reconcile every second: the three conntracks above were made while nobody listened
+        // (nf_conntrack_events was 2), so the kernel reports no change of theirs.
+        let dp1 = try KernelDataplane(vrf: "main", netnsPath: ns1.path, reconcileInterval: 1)
+        let dp2 = try KernelDataplane(vrf: "main", netnsPath: ns2.path)
+        defer { dp1.stop(); dp2.stop() }
+        #expect(dp1.count == 2)
+        #expect(dp1.previousEventsSetting == 2)
+        #expect(try ns1.exec(["sysctl", "-n", "net.netfilter.nf_conntrack_events"]).output.hasPrefix("1"))
+        let pair = try await Pair.make(connections: 2, logLevel: .critical, dataplane1: dp1, dataplane2: dp2)
+        pair.e1.setRole(.master)
+        pair.startSending()
+        #expect(await eventually { pair.e2.store.count == 2 })
+        let udpKey = try #require(dp1.snapshot(share: 0, of: 1).first { $0.proto == .udp }?.key)
+        let held = try #require(pair.e2.store[udpKey])
+        #expect(held.reply.destination == IPAddressBits(parsing: "203.0.113.1", family: .ipv4))
+        #expect(held.reply.destinationPort == 20001)
+
+        // Live, through events: a new conntrack, then a mark change of it.
+        try conntrack(ns1, ["-I", "-p", "tcp", "-s", "10.1.0.2", "-d", "10.2.0.1", "--sport", "40001", "--dport", "443",
+                            "--state", "ESTABLISHED", "-t", "3000", "-u", "SEEN_REPLY,ASSURED"])
+        try conntrack(ns1, ["-U", "-p", "tcp", "-s", "10.1.0.2", "-d", "10.2.0.1", "--sport", "40001", "--dport", "443", "-m", "9"])
+        #expect(await eventually(5) { pair.e2.store.dump().contains { $0.original.sourcePort == 40001 && $0.mark == 9 } })
+        // Through the reconciliation: a mark change and a deletion of conntracks older than the listener.
+        try conntrack(ns1, ["-U", "-p", "tcp", "-s", "10.1.0.1", "-d", "10.2.0.1", "--sport", "40000", "--dport", "443", "-m", "7"])
+        try conntrack(ns1, ["-D", "-p", "udp", "-s", "100.64.0.5", "-d", "198.51.100.9", "--sport", "5000", "--dport", "53"])
+        #expect(await eventually(10) {
+            pair.e2.store.count == 2 && pair.e2.store[udpKey] == nil
+                && pair.e2.store.dump().contains { $0.original.sourcePort == 40000 && $0.mark == 7 }
+        })
+        #expect(dp1.reconciliations >= 1)
+
+        // Failover: the backup commits what it holds into its kernel table.
+        let commit = pair.e2.store.dump()
+        try dp2.apply(commit.map { .upsert($0) })
+        let inKernel = try dp2.dump()
+        #expect(inKernel.count == 2)
+        for c in commit {
+            let k = try #require(inKernel.first { $0.key == c.key })
+            #expect(k.reply == c.reply && k.tcpState == c.tcpState && k.mark == c.mark)
+        }
+        let listed = try ns2.exec(["conntrack", "-L"]).output
+        #expect(listed.contains("sport=40001") && listed.contains("mark=7") && listed.contains("mark=9"), "\(listed)")
+        // The commit is not echoed: ha2's mirror holds the entries, and no change went to ha1.
+        #expect(dp2.count == 2)
+        #expect(pair.e1.store.count == 0)
+        await pair.shutdown()
+    }
+
+    @Test("an event overrun is recovered by a dump, with nothing missing")
+    func overrunRecovered() async throws {
+        let ns = try TestNamespace("overrun")
+        // A receive buffer far too small for a burst of 20,000 creations forces ENOBUFS.
+        let dp = try KernelDataplane(vrf: "main", netnsPath: ns.path, receiveBuffer: 4096)
+        defer { dp.stop() }
+        // Another socket's writes are kernel events for `dp` like any traffic.
+        let writer = try KernelDataplane(vrf: "main", netnsPath: ns.path)
+        defer { writer.stop() }
+        let tcp = (0..<UInt64(40_000)).lazy.map { TrafficGenerator.conntrack(number: $0) }.filter { $0.proto == .tcp }.prefix(20_000)
+        try writer.apply(tcp.map { .upsert($0) })
+        #expect(await eventually(30) { dp.count == 20_000 })
+        #expect(dp.overruns >= 1)
+    }
+}

@@ -1,0 +1,51 @@
+import Foundation
+import Synchronization
+
+// Shared by the test targets: network namespaces made by a test and removed after it, and
+// running commands. Everything a test makes here, it removes.
+
+public let isRoot = getuid() == 0
+
+private let namespaceCounter = Atomic<Int>(0)
+
+/// A network namespace made for one test and deleted after it.
+public final class TestNamespace {
+    public let name: String
+    public var path: String { "/run/netns/\(name)" }
+
+    public init(_ tag: String) throws {
+        let n = namespaceCounter.add(1, ordering: .relaxed).newValue
+        name = "ks-\(tag)-\(getpid())-\(n)"
+        _ = try? run(["ip", "netns", "del", name])
+        let r = try run(["ip", "netns", "add", name])
+        guard r.status == 0 else { throw TestFailure("ip netns add \(name): \(r.output)") }
+    }
+
+    deinit { _ = try? run(["ip", "netns", "del", name]) }
+
+    /// Runs a command inside the namespace.
+    @discardableResult
+    public func exec(_ args: [String]) throws -> (status: Int32, output: String) {
+        try run(["ip", "netns", "exec", name] + args)
+    }
+}
+
+public struct TestFailure: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
+}
+
+@discardableResult
+public func run(_ args: [String]) throws -> (status: Int32, output: String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = args
+    let pipe = Pipe()
+    p.standardOutput = pipe
+    p.standardError = pipe
+    try p.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
