@@ -17,6 +17,9 @@ public final class BackupStore: Sendable {
     private struct State {
         var table = ConntrackTable<StoreTag>()
         var nextEpoch: UInt32 = 1
+        /// The epoch currently allowed to write each share (absent or 0: none). A connection
+        /// that was replaced keeps its old epoch, so frames it still had buffered are ignored.
+        var current: [Int: UInt32] = [:]
     }
 
     private let state = Mutex(State())
@@ -25,35 +28,51 @@ public final class BackupStore: Sendable {
 
     public var count: Int { state.withLock { $0.table.count } }
 
-    /// A fresh epoch number for a resync that begins.
-    public func beginEpoch() -> UInt32 {
+    /// A new connection took `share` over: nothing writes the share until its first resync
+    /// begins (`beginEpoch`).
+    public func claim(share: Int) {
+        state.withLock { $0.current[share] = 0 }
+    }
+
+    /// A resync of `share` begins: returns its fresh epoch, the only one allowed to write the
+    /// share from now on.
+    public func beginEpoch(share: Int) -> UInt32 {
         state.withLock { s in
-            defer { s.nextEpoch &+= 1 }
-            return s.nextEpoch
+            if s.nextEpoch == 0 { s.nextEpoch = 1 }
+            let e = s.nextEpoch
+            s.nextEpoch &+= 1
+            s.current[share] = e
+            return e
         }
     }
 
-    /// Applies a decoded frame's updates, all under one lock acquisition.
-    public func apply(_ updates: [ConntrackUpdate], epoch: UInt32, share: Int) {
+    /// Applies a decoded frame's updates, all under one lock acquisition. Returns false (and
+    /// applies nothing) when `epoch` no longer owns the share.
+    @discardableResult
+    public func apply(_ updates: [ConntrackUpdate], epoch: UInt32, share: Int) -> Bool {
         let tag = StoreTag(epoch: epoch, share: UInt8(truncatingIfNeeded: share))
-        state.withLock { s in
+        return state.withLock { s in
+            guard epoch != 0, s.current[share] == epoch else { return false }
             for u in updates {
                 switch u {
                 case .upsert(let c): s.table.upsert(c, tag: tag)
                 case .delete(let k): s.table.remove(k)
                 }
             }
+            return true
         }
     }
 
     /// Removes what share `share` of `count` held that epoch `epoch` did not carry, and what
-    /// shares numbered `count` or above held. Returns how many entries went.
+    /// shares numbered `count` or above held. Returns how many entries went, or nil when
+    /// `epoch` no longer owns the share (a replaced connection's late RESYNC_END).
     @discardableResult
-    public func sweep(share: Int, of count: Int, keeping epoch: UInt32) -> Int {
+    public func sweep(share: Int, of count: Int, keeping epoch: UInt32) -> Int? {
         let s8 = UInt8(truncatingIfNeeded: share)
         let c8 = count > 255 ? 255 : UInt8(count)
         return state.withLock { s in
-            s.table.removeAll { _, tag in (tag.share == s8 || tag.share >= c8) && tag.epoch != epoch }
+            guard epoch != 0, s.current[share] == epoch else { return nil }
+            return s.table.removeAll { _, tag in (tag.share == s8 || tag.share >= c8) && tag.epoch != epoch }
         }
     }
 

@@ -41,11 +41,28 @@ final class ReceiverEndpoint: Sendable {
     /// Makes `channel` the one feeding `share`, closing the previous one (a half-dead
     /// connection the peer has already replaced).
     func claim(share: Int, channel: any Channel) {
+        store.claim(share: share)
         let old = owners.withLock { o -> (any Channel)? in
             defer { o[share] = channel }
             return o[share]
         }
         if let old, old !== channel { old.close(promise: nil) }
+    }
+
+    /// Every accepted channel, so that shutdown closes also those still in their handshake.
+    private let accepted = Mutex<(closed: Bool, channels: [ObjectIdentifier: any Channel])>((false, [:]))
+
+    /// Registers a new channel; false (and the caller closes it) once the listener is closed.
+    func admit(_ channel: any Channel) -> Bool {
+        accepted.withLock { a in
+            if a.closed { return false }
+            a.channels[ObjectIdentifier(channel)] = channel
+            return true
+        }
+    }
+
+    func forget(_ channel: any Channel) {
+        _ = accepted.withLock { $0.channels.removeValue(forKey: ObjectIdentifier(channel)) }
     }
 
     func release(share: Int, channel: any Channel) {
@@ -55,9 +72,11 @@ final class ReceiverEndpoint: Sendable {
     }
 
     func closeAll() {
-        let all = owners.withLock { o -> [any Channel] in
-            defer { o.removeAll() }
-            return Array(o.values)
+        owners.withLock { $0.removeAll() }
+        let all = accepted.withLock { a -> [any Channel] in
+            a.closed = true
+            defer { a.channels.removeAll() }
+            return Array(a.channels.values)
         }
         for c in all { c.close(promise: nil) }
     }
@@ -91,6 +110,10 @@ final class ReceiverHandler: ChannelInboundHandler {
     func channelActive(context: ChannelHandlerContext) {
         remoteAddress = context.remoteAddress?.ipAddress ?? "?"
         logger[metadataKey: "peer.address"] = "\(remoteAddress)"
+        guard endpoint.admit(context.channel) else {
+            context.close(promise: nil)
+            return
+        }
         context.fireChannelActive()
     }
 
@@ -151,6 +174,9 @@ final class ReceiverHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        // After a refusal, an error or the peer's ERROR, frames still buffered are dropped
+        // quietly: the one message that explains the close has been logged already.
+        if case .closed = session.state { return }
         do {
             try session.receive(type: frame.type, sequence: frame.sequence)
             liveness?.received(at: .now())
@@ -159,8 +185,11 @@ final class ReceiverHandler: ChannelInboundHandler {
                 var payload = frame.payload
                 try payload.readConntrackUpdates(into: &scratch)
                 try session.updates(count: scratch.count)
-                if let epoch, let share {
-                    endpoint.store.apply(scratch, epoch: epoch, share: share)
+                if let epoch, let share, !endpoint.store.apply(scratch, epoch: epoch, share: share) {
+                    // A newer connection owns this share now; this one is closing.
+                    session.close()
+                    context.close(promise: nil)
+                    return
                 }
                 endpoint.counters.receive.add(UInt64(scratch.count), ordering: .relaxed)
                 if scratch.count > 65536 { scratch = [] }
@@ -171,13 +200,17 @@ final class ReceiverHandler: ChannelInboundHandler {
             case .answerHello(let hello):
                 answer(hello, context: context)
             case .beginResync(let generation):
-                epoch = endpoint.store.beginEpoch()
+                epoch = endpoint.store.beginEpoch(share: share ?? 0)
                 resyncStarted = .now()
                 logger.debug("resync began", metadata: ["generation": "\(generation)"])
             case .applyUpdates, .alive:
                 break
             case .completeResync(let generation, let count):
-                let removed = endpoint.store.sweep(share: share ?? 0, of: shareCount, keeping: epoch ?? 0)
+                guard let removed = endpoint.store.sweep(share: share ?? 0, of: shareCount, keeping: epoch ?? 0) else {
+                    session.close()
+                    context.close(promise: nil)
+                    return
+                }
                 endpoint.counters.resyncsCompleted.add(1, ordering: .relaxed)
                 endpoint.counters.staleRemoved.add(UInt64(removed), ordering: .relaxed)
                 let ms = resyncStarted.map { Double((NIODeadline.now() - $0).nanoseconds) / 1e6 } ?? 0
@@ -244,6 +277,7 @@ final class ReceiverHandler: ChannelInboundHandler {
         timer?.cancel()
         timer = nil
         if let share { endpoint.release(share: share, channel: context.channel) }
+        endpoint.forget(context.channel)
         context.fireChannelInactive()
     }
 

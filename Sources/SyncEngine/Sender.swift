@@ -212,6 +212,20 @@ final class ShareConnection: @unchecked Sendable {
         }
     }
 
+    /// An error on the channel (it closes next): TLS failures mean the peer refused us or we
+    /// refused it, which the operator must see.
+    func failed(_ error: any Error) {
+        if error is NIOSSLError || error is BoringSSLError {
+            stats.connectionStatus = .refused
+            stats.lastError = "TLS handshake with \(settings.peerAddress):\(peerPort) failed: \(error)"
+            logger.error("TLS handshake with the sync peer failed; check that both nodes use certificates from the same CA",
+                         metadata: ["error": "\(error)"])
+        } else if !(error is ChannelError) {
+            stats.lastError = "\(error)"
+            logger.warning("sync connection error", metadata: ["error": "\(error)"])
+        }
+    }
+
     func closed(channel: any Channel) {
         guard self.channel === channel || self.channel == nil else { return }
         self.channel = nil
@@ -234,7 +248,7 @@ final class ShareConnection: @unchecked Sendable {
             break
         case .overflowed:
             stats.queueOverflows += 1
-            stats.buildError += UInt64(updates.count)
+            stats.buildError += UInt64(sender.lastOverflowDropped)
             logger.warning("send queue full; dropping it and resyncing this share", metadata: ["limit": "\(settings.queueLimit)"])
             schedulePump()
         }
@@ -351,6 +365,7 @@ final class SenderHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        owner.failed(error)
         context.close(promise: nil)
     }
 }

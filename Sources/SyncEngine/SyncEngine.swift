@@ -74,13 +74,11 @@ public final class SyncEngine: Sendable {
                 conns[i].loop.execute { conns[i].enqueue(part) }
             }
         }
-        let role = state.withLock { s in
-            s.subscription = subscription
-            return s.role
-        }
+        state.withLock { $0.subscription = subscription }
         for c in connections {
             c.loop.execute {
-                c.setActive(role == .master)
+                // The role is read when this runs, after any earlier role change on this loop.
+                c.setActive(self.role == .master)
                 c.start(peerPort: peerPort)
             }
         }
@@ -101,7 +99,9 @@ public final class SyncEngine: Sendable {
         guard old != role else { return }
         logger.notice("sync role changed", metadata: ["from": "\(old.rawValue)", "to": "\(role.rawValue)"])
         for c in connections {
-            c.loop.execute { c.setActive(role == .master) }
+            // Read the role when the task runs: with two quick changes, the last one wins on
+            // every connection whatever order the tasks were queued in.
+            c.loop.execute { c.setActive(self.role == .master) }
         }
     }
 

@@ -10,8 +10,6 @@ public enum SyncWire {
     public static let headerLength = 9
     /// The most bytes a frame may announce after its length field.
     public static let maximumFrameLength = 1 << 20
-    /// Senders close an UPDATES frame once it holds this many payload bytes.
-    public static let targetUpdatesPayload = 60 * 1024
     /// Limits on hello contents.
     public static let maximumConnections: UInt16 = 64
     public static let maximumSettings = 256

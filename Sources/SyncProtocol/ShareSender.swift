@@ -52,6 +52,8 @@ public struct ShareSender: Sendable {
     private var generation: UInt32
 
     public private(set) var overflows = 0
+    /// Updates dropped by the last overflow (the queue and the batch that did not fit).
+    public private(set) var lastOverflowDropped = 0
     public private(set) var resyncsStarted = 0
 
     /// `firstGeneration` should differ between runs (the engine draws it at random) so that logs
@@ -70,10 +72,15 @@ public struct ShareSender: Sendable {
         if !up { reset() }
     }
 
+    /// Demotion keeps what is queued and lets `next` send it (a planned switchover then loses
+    /// nothing the old master saw); it accepts no new updates and abandons a running resync.
     public mutating func setActive(_ master: Bool) {
         if master && !active && connected { resyncNeeded = true }
         active = master
-        if !master { reset() }
+        if !master {
+            resync = nil
+            resyncNeeded = false
+        }
     }
 
     private mutating func reset() {
@@ -91,6 +98,7 @@ public struct ShareSender: Sendable {
         guard isSending else { return .dropped }
         if resyncNeeded { return .dropped }   // the coming snapshot carries them
         if queueDepth + updates.count > queueLimit {
+            lastOverflowDropped = queueDepth + updates.count
             clearQueue()
             resyncNeeded = true
             overflows += 1
@@ -112,8 +120,15 @@ public struct ShareSender: Sendable {
     /// The next thing to send. `snapshot` is called, at most once, when a resync starts; it
     /// must return the share's conntracks as of now.
     public mutating func next(maxRecords: Int, now: NIODeadline, snapshot: () -> [Conntrack]) -> Step {
-        guard isSending else { return .idle }
-        if resyncNeeded {
+        guard isSending else {
+            // Demoted but still connected: send what was queued before the demotion.
+            if connected && resync == nil && head < queue.count { return takeQueued(maxRecords) }
+            return .idle
+        }
+        // A resync that runs is finished first (its sweep is right for its snapshot); an
+        // overflow meanwhile only schedules the next one. Restarting instead could starve: a
+        // resync that never ends never sweeps.
+        if resyncNeeded && resync == nil {
             resyncNeeded = false
             clearQueue()
             generation &+= 1
@@ -132,14 +147,16 @@ public struct ShareSender: Sendable {
             resync = nil
             return .endResync(generation: r.generation, count: UInt64(r.snapshot.count), duration: now - r.startedAt)
         }
-        if head < queue.count {
-            let end = min(queue.count, head + max(1, maxRecords))
-            let slice = queue[head..<end]
-            head = end
-            if head == queue.count { clearQueueKeepingCapacity() }
-            return .updates(ArraySlice(slice))
-        }
+        if head < queue.count { return takeQueued(maxRecords) }
         return .idle
+    }
+
+    private mutating func takeQueued(_ maxRecords: Int) -> Step {
+        let end = min(queue.count, head + max(1, maxRecords))
+        let slice = queue[head..<end]
+        head = end
+        if head == queue.count { clearQueueKeepingCapacity() }
+        return .updates(ArraySlice(slice))
     }
 
     private mutating func clearQueueKeepingCapacity() {

@@ -89,9 +89,10 @@ struct ChurnTests {
         #expect(await eventually { pair.e2.store.count == 2000 })
         // Entries the master never had (left over from an earlier life) must go at the next resync.
         let ghosts = (0..<300).map { TrafficGenerator.conntrack(number: 900_000_000 + UInt64($0)) }
-        let epoch = pair.e2.store.beginEpoch()
-        pair.e2.store.apply(ghosts.map { .upsert($0) }, epoch: epoch, share: 0)
-        pair.e2.store.apply(ghosts.prefix(10).map { .upsert($0) }, epoch: epoch, share: 7)   // a share that no longer exists
+        // (Written as a share 7 that no longer exists, and as a stale share 1 entry.)
+        let e7 = pair.e2.store.beginEpoch(share: 7)
+        #expect(pair.e2.store.apply(ghosts.map { .upsert($0) }, epoch: e7, share: 7))
+        #expect(!pair.e2.store.apply(ghosts.map { .upsert($0) }, epoch: e7, share: 1), "an epoch that does not own share 1 wrote it")
         #expect(pair.e2.store.count == 2300)
         pair.e1.resyncAll()
         #expect(await eventually { pair.e2.store.count == 2000 })

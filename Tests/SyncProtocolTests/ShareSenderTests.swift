@@ -144,13 +144,19 @@ enum SentStep: Equatable {
         #expect(ShareSender(queueLimit: 0, firstGeneration: 0).queueLimit == 1)
     }
 
-    @Test func overflowDuringAnOpenResyncRestartsIt() {
+    /// An overflow during a resync does not restart it (a resync that keeps restarting never
+    /// ends and never sweeps): the running one finishes, then the next begins.
+    @Test func overflowDuringAnOpenResyncFinishesItFirst() {
         var s = ShareSender(queueLimit: 2, firstGeneration: 0)
         s.setActive(true)
         s.setConnected(true)
         #expect(Self.next(&s, snapshot: Self.items) == .beginResync(1))
         #expect(Self.next(&s) == .records(Array(Self.items.prefix(4))))
         #expect(s.enqueue(Self.items.prefix(3).map { ConntrackUpdate.upsert($0) }) == .overflowed)
+        #expect(s.lastOverflowDropped == 3)
+        #expect(Self.next(&s, snapshot: []) == .records(Array(Self.items[4..<8])))
+        #expect(Self.next(&s) == .records(Array(Self.items[8..<10])))
+        #expect(Self.next(&s) == .endResync(1, 10, .zero))
         #expect(Self.next(&s, snapshot: Array(Self.items.prefix(1))) == .beginResync(2))
         #expect(Self.next(&s) == .records([Self.items[0]]))
         #expect(Self.next(&s) == .endResync(2, 1, .zero))
@@ -172,11 +178,14 @@ enum SentStep: Equatable {
         #expect(!s.resyncNeeded)
         s.setConnected(true)
         #expect(Self.next(&s) == .beginResync(2))
-        // Losing mastership drops state the same way.
+        // Losing mastership abandons the resync but still sends what was queued (a planned
+        // switchover loses nothing), and accepts nothing new.
         #expect(s.enqueue([ConntrackUpdate.upsert(Self.items[1])]) == .queued)
         s.setActive(false)
-        #expect(s.queueDepth == 0)
+        #expect(s.queueDepth == 1)
         #expect(s.resync == nil)
+        #expect(s.enqueue([ConntrackUpdate.upsert(Self.items[2])]) == .dropped)
+        #expect(Self.next(&s) == .updates([.upsert(Self.items[1])]))
         #expect(Self.next(&s) == .idle)
         s.setActive(true)
         #expect(Self.next(&s) == .beginResync(3))
