@@ -50,6 +50,8 @@ let package = Package(
         ),
         // Helpers shared by the test targets (network namespaces, processes).
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
+        // VRRP (RFC 3768, 5798, 9568): packet codec, receive checks, the state machine. Pure.
+        .target(name: "VRRP", swiftSettings: strict),
         // The Dataplane interface and the in-memory implementation with a traffic generator.
         .target(name: "Dataplane", dependencies: ["ConntrackModel"], swiftSettings: strict),
         // CA and node certificates for the sync connections.
@@ -100,6 +102,7 @@ let package = Package(
         .testTarget(name: "ConfigTests", dependencies: ["Config", "ConntrackModel"], swiftSettings: strict),
         .testTarget(name: "DataplaneTests", dependencies: ["Dataplane", "ConntrackModel"], swiftSettings: strict),
         .testTarget(name: "PKITests", dependencies: ["PKI"], swiftSettings: strict),
+        .testTarget(name: "VRRPTests", dependencies: ["VRRP", "ConntrackModel"], swiftSettings: strict),
         .testTarget(
             name: "NetfilterConntrackTests", dependencies: ["NetfilterConntrack", "ConntrackModel", "TestSupport"], swiftSettings: strict),
         .testTarget(
