@@ -12,57 +12,54 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-struct nfct_handle *ks_ct_open(const char *netns_path, unsigned groups) {
-    int self = -1, target = -1;
-    if (netns_path != NULL) {
-        self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-        if (self < 0) return NULL;
-        target = open(netns_path, O_RDONLY | O_CLOEXEC);
-        if (target < 0 || setns(target, CLONE_NEWNET) != 0) {
-            int e = errno;
-            if (target >= 0) close(target);
-            close(self);
-            errno = e;
-            return NULL;
-        }
+/// Moves the calling thread into the namespace at `path` (NULL: stays). `*self` receives a
+/// descriptor of the thread's own namespace for `leave_netns`. 0, or -1 with errno.
+static int enter_netns(const char *path, int *self) {
+    *self = -1;
+    if (path == NULL) return 0;
+    *self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (*self < 0) return -1;
+    int target = open(path, O_RDONLY | O_CLOEXEC);
+    if (target < 0 || setns(target, CLONE_NEWNET) != 0) {
+        int e = errno;
+        if (target >= 0) close(target);
+        close(*self);
+        *self = -1;
+        errno = e;
+        return -1;
     }
-    struct nfct_handle *h = nfct_open(CONNTRACK, groups);
+    close(target);
+    return 0;
+}
+
+/// Returns the thread to its own namespace; sockets opened meanwhile stay where they were made.
+/// A thread that cannot go back must not run anything else, so that is fatal.
+static void leave_netns(int self) {
+    if (self < 0) return;
     int e = errno;
-    if (netns_path != NULL) {
-        // Back to where the thread was; the socket stays in the target namespace.
-        if (setns(self, CLONE_NEWNET) != 0) abort();
-        close(self);
-        close(target);
-    }
+    if (setns(self, CLONE_NEWNET) != 0) abort();
+    close(self);
     errno = e;
+}
+
+struct nfct_handle *ks_ct_open(const char *netns_path, unsigned groups) {
+    int self;
+    if (enter_netns(netns_path, &self) != 0) return NULL;
+    struct nfct_handle *h = nfct_open(CONNTRACK, groups);
+    leave_netns(self);
     return h;
 }
 
 void ks_ct_close(struct nfct_handle *h) { nfct_close(h); }
 
 int ks_ct_enable_events(const char *netns_path) {
-    int self = -1, target = -1;
-    if (netns_path != NULL) {
-        self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-        if (self < 0) return -1;
-        target = open(netns_path, O_RDONLY | O_CLOEXEC);
-        if (target < 0 || setns(target, CLONE_NEWNET) != 0) {
-            int e = errno;
-            if (target >= 0) close(target);
-            close(self);
-            errno = e;
-            return -1;
-        }
-    }
+    int self;
+    if (enter_netns(netns_path, &self) != 0) return -1;
     // /proc/sys/net resolves to the namespace of the thread that opens it.
     int fd = open("/proc/sys/net/netfilter/nf_conntrack_events", O_RDWR | O_CLOEXEC);
-    int e = errno;
-    if (netns_path != NULL) {
-        if (setns(self, CLONE_NEWNET) != 0) abort();
-        close(self);
-        close(target);
-    }
-    if (fd < 0) { errno = e; return -1; }
+    leave_netns(self);
+    if (fd < 0) return -1;
+    int e;
     char old[8] = {0};
     ssize_t n = read(fd, old, sizeof old - 1);
     int previous = n > 0 ? old[0] - '0' : -1;

@@ -35,3 +35,38 @@ public struct DataplaneSubscription: Sendable, Hashable {
     public let id: Int
     public init(id: Int) { self.id = id }
 }
+
+/// The subscribers of a dataplane's change stream. Lives inside the dataplane's lock, so that
+/// delivery happens in table order and `Dataplane.snapshot` is consistent with it.
+public struct SubscriberList: Sendable {
+    private var sinks: [(id: Int, sink: @Sendable ([ConntrackUpdate]) -> Void)] = []
+    private var nextID = 0
+
+    public init() {}
+
+    public mutating func add(_ sink: @escaping @Sendable ([ConntrackUpdate]) -> Void) -> DataplaneSubscription {
+        nextID += 1
+        sinks.append((nextID, sink))
+        return DataplaneSubscription(id: nextID)
+    }
+
+    public mutating func remove(_ subscription: DataplaneSubscription) {
+        sinks.removeAll { $0.id == subscription.id }
+    }
+
+    /// Hands a non-empty batch of changes to every subscriber.
+    public func deliver(_ changes: [ConntrackUpdate]) {
+        guard !changes.isEmpty else { return }
+        for s in sinks { s.sink(changes) }
+    }
+}
+
+extension ConntrackTable {
+    /// The entries that `ConntrackKey.share(of: count) == share`: one sync connection's part.
+    public func entries(inShare share: Int, of count: Int) -> [Conntrack] {
+        var out: [Conntrack] = []
+        out.reserveCapacity(self.count / max(count, 1) + 16)
+        for c in entries where c.key.share(of: count) == share { out.append(c) }
+        return out
+    }
+}

@@ -11,8 +11,7 @@ public final class MemoryDataplane: Dataplane {
 
     private struct State {
         var table = ConntrackTable<UInt8>()
-        var sinks: [(Int, @Sendable ([ConntrackUpdate]) -> Void)] = []
-        var nextID = 0
+        var subscribers = SubscriberList()
     }
 
     private let state = Mutex(State())
@@ -28,12 +27,7 @@ public final class MemoryDataplane: Dataplane {
     }
 
     public func snapshot(share: Int, of count: Int) -> [Conntrack] {
-        state.withLock { s in
-            var out: [Conntrack] = []
-            out.reserveCapacity(s.table.count / max(count, 1) + 16)
-            for c in s.table.entries where c.key.share(of: count) == share { out.append(c) }
-            return out
-        }
+        state.withLock { $0.table.entries(inShare: share, of: count) }
     }
 
     public subscript(key: ConntrackKey) -> Conntrack? {
@@ -41,15 +35,11 @@ public final class MemoryDataplane: Dataplane {
     }
 
     public func subscribe(_ sink: @escaping @Sendable ([ConntrackUpdate]) -> Void) -> DataplaneSubscription {
-        state.withLock { s in
-            s.nextID += 1
-            s.sinks.append((s.nextID, sink))
-            return DataplaneSubscription(id: s.nextID)
-        }
+        state.withLock { $0.subscribers.add(sink) }
     }
 
     public func unsubscribe(_ subscription: DataplaneSubscription) {
-        state.withLock { s in s.sinks.removeAll { $0.0 == subscription.id } }
+        state.withLock { $0.subscribers.remove(subscription) }
     }
 
     public func apply(_ updates: [ConntrackUpdate]) {
@@ -75,9 +65,7 @@ public final class MemoryDataplane: Dataplane {
                     if s.table.remove(k) != nil { events.append(u) }
                 }
             }
-            if !events.isEmpty {
-                for (_, sink) in s.sinks { sink(events) }
-            }
+            s.subscribers.deliver(events)
         }
     }
 

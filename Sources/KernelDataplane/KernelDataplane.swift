@@ -17,8 +17,7 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
 
     private struct State {
         var mirror = ConntrackTable<UInt8>()
-        var sinks: [(Int, @Sendable ([ConntrackUpdate]) -> Void)] = []
-        var nextID = 0
+        var subscribers = SubscriberList()
         var overruns = 0
         var reconciliations = 0
         var eventsSeen = 0
@@ -87,24 +86,15 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
     }
 
     public func snapshot(share: Int, of count: Int) -> [Conntrack] {
-        state.withLock { s in
-            var out: [Conntrack] = []
-            out.reserveCapacity(s.mirror.count / max(count, 1) + 16)
-            for c in s.mirror.entries where c.key.share(of: count) == share { out.append(c) }
-            return out
-        }
+        state.withLock { $0.mirror.entries(inShare: share, of: count) }
     }
 
     public func subscribe(_ sink: @escaping @Sendable ([ConntrackUpdate]) -> Void) -> DataplaneSubscription {
-        state.withLock { s in
-            s.nextID += 1
-            s.sinks.append((s.nextID, sink))
-            return DataplaneSubscription(id: s.nextID)
-        }
+        state.withLock { $0.subscribers.add(sink) }
     }
 
     public func unsubscribe(_ subscription: DataplaneSubscription) {
-        state.withLock { s in s.sinks.removeAll { $0.0 == subscription.id } }
+        state.withLock { $0.subscribers.remove(subscription) }
     }
 
     public struct WriteError: Error, CustomStringConvertible {
@@ -198,9 +188,7 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
                     }
                 }
             }
-            if !changes.isEmpty {
-                for (_, sink) in s.sinks { sink(changes) }
-            }
+            s.subscribers.deliver(changes)
         }
     }
 
@@ -233,9 +221,7 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
             }
             for c in s.mirror.entries where fresh[c.key] == nil { changes.append(.delete(c.key)) }
             s.mirror = fresh
-            if !changes.isEmpty {
-                for (_, sink) in s.sinks { sink(changes) }
-            }
+            s.subscribers.deliver(changes)
         }
     }
 }
