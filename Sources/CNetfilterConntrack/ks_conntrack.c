@@ -42,11 +42,31 @@ static void leave_netns(int self) {
     errno = e;
 }
 
+#ifndef NETLINK_CAP_ACK
+#define NETLINK_CAP_ACK 10
+#endif
+#ifndef SOL_NETLINK
+#define SOL_NETLINK 270
+#endif
+
 struct nfct_handle *ks_ct_open(const char *netns_path, unsigned groups) {
     int self;
     if (enter_netns(netns_path, &self) != 0) return NULL;
     struct nfct_handle *h = nfct_open(CONNTRACK, groups);
     leave_netns(self);
+    return h;
+}
+
+struct nfct_handle *ks_ct_open_writer(const char *netns_path) {
+    struct nfct_handle *h = ks_ct_open(netns_path, 0);
+    if (h != NULL) {
+        // Error acks carry only the header (not a copy of the request), and there is room for
+        // a whole chunk's worth of them.
+        int one = 1, room = 4 << 20;
+        setsockopt(nfct_fd(h), SOL_NETLINK, NETLINK_CAP_ACK, &one, sizeof one);
+        if (setsockopt(nfct_fd(h), SOL_SOCKET, SO_RCVBUFFORCE, &room, sizeof room) != 0)
+            setsockopt(nfct_fd(h), SOL_SOCKET, SO_RCVBUF, &room, sizeof room);
+    }
     return h;
 }
 
@@ -216,7 +236,13 @@ static void build(struct nf_conntrack *ct, const ks_ct *in, int op, int be_liber
         nfct_set_attr_u16(ct, ATTR_REPL_PORT_DST, htons(in->repl_dport));
     }
     if (in->zone) nfct_set_attr_u16(ct, ATTR_ZONE, in->zone);
-    if (op == 1) return;
+    if (op == KS_OP_DELETE) return;
+    if (op == KS_OP_UPDATE) {
+        if (in->proto == IPPROTO_TCP) nfct_set_attr_u8(ct, ATTR_TCP_STATE, in->tcp_state);
+        nfct_set_attr_u32(ct, ATTR_TIMEOUT, in->timeout);
+        nfct_set_attr_u32(ct, ATTR_MARK, in->mark);
+        return;
+    }
     // NAT: the reply tuple tells what was translated; ctnetlink wants it as NAT attributes.
     if (in->family == 4) {
         if (memcmp(in->repl_dst, in->orig_src, 4) != 0 || in->repl_dport != in->orig_sport) {
@@ -255,18 +281,25 @@ static void build(struct nf_conntrack *ct, const ks_ct *in, int op, int be_liber
     if (in->mark) nfct_set_attr_u32(ct, ATTR_MARK, in->mark);
 }
 
-/// Reads pending netlink error messages without blocking; returns the count of rejections.
-static int drain_errors(int fd, int *first_error) {
-    char buf[8192];
+/// Reads pending netlink error messages without blocking; returns the count of rejections and
+/// records each one's errno at its message's sequence number (the index in the batch).
+/// `*lost` is set when the kernel dropped acks (ENOBUFS): some outcomes are then unknown.
+static int drain_errors(int fd, int *errors, int count, int *lost) {
+    char buf[16384];
     int rejected = 0;
     for (;;) {
         ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n < 0 && errno == ENOBUFS) {
+            if (lost) *lost = 1;
+            continue;
+        }
         if (n <= 0) break;
         for (struct nlmsghdr *nlh = (struct nlmsghdr *)buf; NLMSG_OK(nlh, (unsigned)n); nlh = NLMSG_NEXT(nlh, n)) {
             if (nlh->nlmsg_type == NLMSG_ERROR) {
                 struct nlmsgerr *err = NLMSG_DATA(nlh);
                 if (err->error != 0) {
-                    if (rejected == 0 && first_error) *first_error = -err->error;
+                    uint32_t seq = err->msg.nlmsg_seq;
+                    if (errors && seq < (uint32_t)count) errors[seq] = -err->error;
                     rejected++;
                 }
             }
@@ -275,14 +308,16 @@ static int drain_errors(int fd, int *first_error) {
     return rejected;
 }
 
-int ks_ct_write(struct nfct_handle *h, const ks_ct *cts, int count, int op, int be_liberal, int *first_error) {
+int ks_ct_write(struct nfct_handle *h, const ks_ct *cts, int count, int op, int be_liberal, int *errors) {
     int fd = nfct_fd(h);
-    size_t cap = 1 << 16;
+    size_t cap = 1 << 15;   // about 200 messages between drains
     char *buf = malloc(cap);
     if (!buf) { errno = ENOMEM; return -1; }
-    int rejected = 0;
+    int rejected = 0, lost = 0;
     size_t used = 0;
-    if (first_error) *first_error = 0;
+    if (errors) memset(errors, 0, sizeof(int) * (size_t)count);
+    // Acks left from an earlier call belong to it, not to this batch.
+    drain_errors(fd, NULL, 0, NULL);
     for (int i = 0; i <= count; i++) {
         // Send when the next message might not fit, and at the end.
         if (i == count || used + 1024 > cap) {
@@ -290,7 +325,7 @@ int ks_ct_write(struct nfct_handle *h, const ks_ct *cts, int count, int op, int 
                 struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
                 ssize_t s = sendto(fd, buf, used, 0, (struct sockaddr *)&kernel, sizeof kernel);
                 if (s < 0) { int e = errno; free(buf); errno = e; return -1; }
-                rejected += drain_errors(fd, rejected == 0 ? first_error : NULL);
+                rejected += drain_errors(fd, errors, count, &lost);
                 used = 0;
             }
             if (i == count) break;
@@ -301,8 +336,8 @@ int ks_ct_write(struct nfct_handle *h, const ks_ct *cts, int count, int op, int 
         struct nlmsghdr *nlh = (struct nlmsghdr *)(buf + used);
         memset(nlh, 0, NLMSG_HDRLEN + sizeof(struct nfgenmsg));
         nlh->nlmsg_len = NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(struct nfgenmsg));
-        nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | (op == 1 ? IPCTNL_MSG_CT_DELETE : IPCTNL_MSG_CT_NEW);
-        nlh->nlmsg_flags = NLM_F_REQUEST | (op == 1 ? 0 : NLM_F_CREATE);
+        nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | (op == KS_OP_DELETE ? IPCTNL_MSG_CT_DELETE : IPCTNL_MSG_CT_NEW);
+        nlh->nlmsg_flags = NLM_F_REQUEST | (op == KS_OP_CREATE ? NLM_F_CREATE | NLM_F_EXCL : 0);
         nlh->nlmsg_seq = (uint32_t)i;
         struct nfgenmsg *nfg = NLMSG_DATA(nlh);
         nfg->nfgen_family = cts[i].family == 6 ? AF_INET6 : AF_INET;
@@ -312,5 +347,9 @@ int ks_ct_write(struct nfct_handle *h, const ks_ct *cts, int count, int op, int 
         used += NLMSG_ALIGN(nlh->nlmsg_len);
     }
     free(buf);
+    if (lost) {
+        errno = ENOBUFS;
+        return -1;
+    }
     return rejected;
 }

@@ -126,17 +126,15 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         var rejected = 0
         var firstError: Int32 = 0
         if !creates.isEmpty {
-            let r = try command.create(creates)
+            let r = try command.upsert(creates)
             rejected += r.rejected
             if firstError == 0 { firstError = r.firstError }
         }
         if !deletes.isEmpty {
-            let r = try command.delete(deletes)
             // ENOENT on delete: already gone, which is what was wanted.
-            if r.firstError != ENOENT {
-                rejected += r.rejected
-                if firstError == 0 { firstError = r.firstError }
-            }
+            let failures = try command.delete(deletes).errors.filter { $0 != 0 && $0 != ENOENT }
+            rejected += failures.count
+            if firstError == 0, let f = failures.first { firstError = f }
         }
         if rejected > 0 { throw WriteError(rejected: rejected, firstError: firstError) }
     }

@@ -32,7 +32,11 @@ public struct ConntrackEvent: Sendable, Equatable {
 /// Not thread-safe: one owner uses it at a time (the kernel dataplane gives each socket to one
 /// thread). The socket belongs to the namespace it was opened in for its whole life.
 public final class ConntrackNetlink: @unchecked Sendable {
+    /// Dumps and events.
     private let handle: OpaquePointer
+    /// Writes, on a socket of their own (see `ks_ct_open_writer`), opened at the first write.
+    private var writer: OpaquePointer?
+    public let netnsPath: String?
 
     /// Opens a socket in the namespace at `netnsPath` (e.g. `/run/netns/NAME`; nil for the
     /// process's own), subscribed to new, update and destroy events when `events` is set.
@@ -41,9 +45,21 @@ public final class ConntrackNetlink: @unchecked Sendable {
         let h: OpaquePointer? = netnsPath.map { path in path.withCString { ks_ct_open($0, groups) } } ?? ks_ct_open(nil, groups)
         guard let h else { throw NetfilterError(operation: "open ctnetlink\(netnsPath.map { " in \($0)" } ?? "")", errno: Glibc.errno) }
         handle = h
+        self.netnsPath = netnsPath
     }
 
-    deinit { ks_ct_close(handle) }
+    deinit {
+        ks_ct_close(handle)
+        if let writer { ks_ct_close(writer) }
+    }
+
+    private func writeHandle() throws(NetfilterError) -> OpaquePointer {
+        if let writer { return writer }
+        let w: OpaquePointer? = netnsPath.map { p in p.withCString { ks_ct_open_writer($0) } } ?? ks_ct_open_writer(nil)
+        guard let w else { throw NetfilterError(operation: "open ctnetlink writer", errno: Glibc.errno) }
+        writer = w
+        return w
+    }
 
     /// Sets `net.netfilter.nf_conntrack_events` to 1 in a namespace (nil: this process's) so that
     /// every new conntrack reports its updates and deletion, and returns the previous value.
@@ -109,29 +125,52 @@ public final class ConntrackNetlink: @unchecked Sendable {
     }
 
     public struct WriteResult: Sendable, Equatable {
-        /// Messages the kernel refused (for a create: the entry exists with NAT, say).
-        public var rejected: Int
-        /// errno of the first refusal.
-        public var firstError: Int32
+        /// Each message's errno, in the order given (0: accepted).
+        public var errors: [Int32]
+        /// Messages the kernel refused.
+        public var rejected: Int { errors.reduce(0) { $0 + ($1 == 0 ? 0 : 1) } }
+        /// errno of the first refusal, 0 if none.
+        public var firstError: Int32 { errors.first { $0 != 0 } ?? 0 }
     }
 
-    /// Creates (or updates) conntracks in batched netlink messages. TCP entries get the
-    /// be-liberal window flags when `beLiberal` is set, so mid-stream packets pass.
+    /// Creates conntracks in batched netlink messages; an entry that exists is refused with
+    /// EEXIST (see `upsert`). TCP entries get the be-liberal window flags when `beLiberal` is
+    /// set, so mid-stream packets pass.
     public func create(_ conntracks: [Conntrack], beLiberal: Bool = true) throws(NetfilterError) -> WriteResult {
-        try write(conntracks.map(Self.flat), op: 0, beLiberal: beLiberal, what: "create")
+        try write(conntracks.map(Self.flat), op: Int32(KS_OP_CREATE), beLiberal: beLiberal, what: "create")
+    }
+
+    /// Changes existing conntracks' TCP state, timeout and mark (the kernel refuses to change NAT
+    /// and status bits of an existing entry).
+    public func update(_ conntracks: [Conntrack]) throws(NetfilterError) -> WriteResult {
+        try write(conntracks.map(Self.flat), op: Int32(KS_OP_UPDATE), beLiberal: false, what: "update")
+    }
+
+    /// Creates what is missing and updates what exists: a create, then an update of the entries
+    /// the create found already there.
+    public func upsert(_ conntracks: [Conntrack], beLiberal: Bool = true) throws(NetfilterError) -> WriteResult {
+        var result = try create(conntracks, beLiberal: beLiberal)
+        let existing = result.errors.indices.filter { result.errors[$0] == EEXIST }
+        guard !existing.isEmpty else { return result }
+        let second = try update(existing.map { conntracks[$0] })
+        for (i, e) in zip(existing, second.errors) { result.errors[i] = e }
+        return result
     }
 
     /// Deletes conntracks by key, in batched netlink messages.
     public func delete(_ keys: [ConntrackKey]) throws(NetfilterError) -> WriteResult {
         try write(keys.map { Self.flat(Conntrack(family: $0.family, proto: $0.proto, original: $0.original, timeout: 0, zone: $0.zone)) },
-                  op: 1, beLiberal: false, what: "delete")
+                  op: Int32(KS_OP_DELETE), beLiberal: false, what: "delete")
     }
 
     private func write(_ flats: [ks_ct], op: Int32, beLiberal: Bool, what: String) throws(NetfilterError) -> WriteResult {
-        var firstError: Int32 = 0
-        let r = flats.withUnsafeBufferPointer { ks_ct_write(handle, $0.baseAddress, Int32($0.count), op, beLiberal ? 1 : 0, &firstError) }
+        let w = try writeHandle()
+        var errors = [Int32](repeating: 0, count: flats.count)
+        let r = flats.withUnsafeBufferPointer { cts in
+            errors.withUnsafeMutableBufferPointer { ks_ct_write(w, cts.baseAddress, Int32(cts.count), op, beLiberal ? 1 : 0, $0.baseAddress) }
+        }
         guard r >= 0 else { throw NetfilterError(operation: what, errno: Glibc.errno) }
-        return WriteResult(rejected: Int(r), firstError: firstError)
+        return WriteResult(errors: errors)
     }
 
     // MARK: conversion

@@ -32,6 +32,11 @@ typedef void (*ks_ct_sink)(const ks_ct *cts, int count, void *context);
 struct nfct_handle *ks_ct_open(const char *netns_path, unsigned groups);
 void ks_ct_close(struct nfct_handle *h);
 
+/// Opens a socket for `ks_ct_write` only. Writes must not share a socket with dumps: reading
+/// their acks with a large buffer makes the kernel size later dump messages beyond what
+/// libnfnetlink reads, and dumps then lose entries.
+struct nfct_handle *ks_ct_open_writer(const char *netns_path);
+
 /// Sets net.netfilter.nf_conntrack_events to 1 in the namespace at `netns_path` (NULL: the
 /// caller's). With the default 2, conntracks created while no listener exists never report
 /// updates or deletions. Returns the previous value (0, 1 or 2), or -1 with errno.
@@ -47,11 +52,14 @@ int ks_ct_dump(struct nfct_handle *h, uint8_t family, ks_ct_sink sink, void *con
 int ks_ct_read_events(struct nfct_handle *h, ks_ct_sink sink, void *context);
 int ks_ct_set_nonblocking(struct nfct_handle *h);
 
-/// Writes `count` conntracks in batched netlink messages: op 0 creates (or updates when the
-/// entry exists: only state, status-independent fields, timeout and mark change), op 1 deletes.
-/// `be_liberal` sets the TCP be-liberal window flags on created TCP entries. Returns the number
-/// of messages the kernel rejected, or -1 with errno when the socket failed; `first_error`
-/// receives the first rejection's errno.
-int ks_ct_write(struct nfct_handle *h, const ks_ct *cts, int count, int op, int be_liberal, int *first_error);
+enum { KS_OP_CREATE = 0, KS_OP_DELETE = 1, KS_OP_UPDATE = 2 };
+
+/// Writes `count` conntracks in batched netlink messages. KS_OP_CREATE creates and fails with
+/// EEXIST for an entry that exists; KS_OP_UPDATE changes an existing entry's TCP state, timeout
+/// and mark (never its NAT or status, which the kernel refuses to change); KS_OP_DELETE deletes.
+/// `be_liberal` sets the TCP be-liberal window flags. Returns the number of messages the kernel
+/// rejected, or -1 with errno when the socket failed. `errors`, when not NULL, has `count` slots
+/// and receives each message's errno (0: accepted).
+int ks_ct_write(struct nfct_handle *h, const ks_ct *cts, int count, int op, int be_liberal, int *errors);
 
 #endif
