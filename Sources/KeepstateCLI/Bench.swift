@@ -35,6 +35,9 @@ struct Bench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Internal: measure memory in this process and print it.", visibility: .hidden))
     var childMemory: Int?
 
+    @Option(help: "Kernel table sizes to measure (root only; 0 to skip), comma separated.")
+    var kernel = "100000,1000000"
+
     func run() async throws {
         if let n = childMemory {
             print(String(format: "%.1f", Self.memoryPerEntry(n)))
@@ -73,6 +76,19 @@ struct Bench: AsyncParsableCommand {
         var mem: [Double] = []
         for _ in 0..<runs { mem.append(try Self.memoryInChild(conntracks)) }
         rows.append(("backup memory per conntrack (RSS)", String(format: "%.1f B", median(mem)), "-"))
+
+        let sizes = kernel.split(separator: ",").compactMap { Int($0) }.filter { $0 > 0 }
+        if !sizes.isEmpty && getuid() != 0 {
+            emit("kernel measurements skipped: they need root (network namespaces, nf_conntrack_max)")
+        } else {
+            for n in sizes {
+                var figures: [KernelBench.Figures] = []
+                for _ in 0..<runs { figures.append(try KernelBench.measure(entries: n)) }
+                rows.append(("kernel: batched create, \(n) conntracks", Self.rate(median(figures.map(\.create))), "-"))
+                rows.append(("kernel: dump, \(n) conntracks", Self.rate(median(figures.map(\.dump))), "-"))
+                rows.append(("kernel: timeout re-arm (update), \(n)", Self.rate(median(figures.map(\.rearm))), "-"))
+            }
+        }
 
         let w = rows.map(\.0.count).max() ?? 10
         print("")
