@@ -110,7 +110,7 @@ struct Bench: AsyncParsableCommand {
         let records = (0..<UInt64(n)).map { TrafficGenerator.conntrack(number: $0) }
         let start = ContinuousClock.now
         var decoded: [ConntrackUpdate] = []
-        decoded.reserveCapacity(1500)
+        decoded.reserveCapacity(SyncWire.recordsPerFrame)
         var total = 0
         forEachFrame(of: records) { buffer in
             if let frame = try? buffer.readSyncFrame() {
@@ -163,14 +163,14 @@ struct Bench: AsyncParsableCommand {
         return seconds
     }
 
-    /// Frames `records` as the sender does (UPDATES frames of `ShareConnection.recordsPerFrame`
+    /// Frames `records` as the sender does (UPDATES frames of `SyncWire.recordsPerFrame`
     /// upserts) and hands each frame to `body`.
     static func forEachFrame(of records: [Conntrack], _ body: (inout ByteBuffer) -> Void) {
         var buffer = ByteBuffer()
         var i = 0
         while i < records.count {
             buffer.clear()
-            let end = min(records.count, i + 1500)
+            let end = min(records.count, i + SyncWire.recordsPerFrame)
             let at = buffer.beginSyncFrame(.updates, sequence: 0)
             for c in records[i..<end] { buffer.writeConntrackUpdate(.upsert(c)) }
             buffer.endSyncFrame(lengthAt: at)
@@ -221,11 +221,11 @@ struct Bench: AsyncParsableCommand {
         let store = BackupStore()
         let before = residentBytes()
         var batch: [ConntrackUpdate] = []
-        batch.reserveCapacity(1500)
+        batch.reserveCapacity(SyncWire.recordsPerFrame)
         let epoch = store.beginEpoch(share: 0)
         for i in 0..<UInt64(n) {
             batch.append(.upsert(TrafficGenerator.conntrack(number: i)))
-            if batch.count == 1500 {
+            if batch.count == SyncWire.recordsPerFrame {
                 store.apply(batch, epoch: epoch, share: 0)
                 batch.removeAll(keepingCapacity: true)
             }

@@ -20,6 +20,8 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         var subscribers = SubscriberList()
         var overruns = 0
         var reconciliations = 0
+        var failedReconciliations = 0
+        var lastError: String?
         var eventsSeen = 0
     }
 
@@ -78,6 +80,10 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
     public var overruns: Int { state.withLock { $0.overruns } }
     /// How many dumps were compared with the mirror (overruns and periodic ones).
     public var reconciliations: Int { state.withLock { $0.reconciliations } }
+    /// Reconciliations whose dump failed (the mirror may be stale until one succeeds), and why
+    /// the last one failed.
+    public var failedReconciliations: Int { state.withLock { $0.failedReconciliations } }
+    public var lastError: String? { state.withLock { $0.lastError } }
 
     public func dump() throws -> [Conntrack] {
         writeLock.lock()
@@ -106,37 +112,53 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
     }
 
     /// Writes synced conntracks into the kernel table (TCP with the be-liberal flags) and deletes.
-    /// The mirror takes the same changes at once, so the events these writes cause compare equal
-    /// and are not delivered: Keepstate's own writes are never echoed to the peer.
+    /// The mirror takes the same changes first, so the events these writes cause compare equal
+    /// and are not delivered: Keepstate's own writes are never echoed to the peer. Within one
+    /// batch the last change of a key wins, as if applied in order. Entries the kernel refuses
+    /// get their former mirror state back, and the call throws.
     public func apply(_ updates: [ConntrackUpdate]) throws {
+        var last: [ConntrackKey: Int] = [:]
+        last.reserveCapacity(updates.count)
+        for (i, u) in updates.enumerated() { last[u.key] = i }
         var creates: [Conntrack] = []
         var deletes: [ConntrackKey] = []
-        for u in updates {
+        for (i, u) in updates.enumerated() where last[u.key] == i {
             switch u {
             case .upsert(let c): creates.append(c)
             case .delete(let k): deletes.append(k)
             }
         }
-        state.withLock { s in
+        let (formerCreated, formerDeleted) = state.withLock { s in
+            let fc = creates.map { s.mirror[$0.key] }
+            let fd = deletes.map { s.mirror[$0] }
             for c in creates { s.mirror.upsert(c, tag: 0) }
             for k in deletes { s.mirror.remove(k) }
+            return (fc, fd)
         }
         writeLock.lock()
         defer { writeLock.unlock() }
-        var rejected = 0
+        var failed: [(ConntrackKey, Conntrack?)] = []
         var firstError: Int32 = 0
         if !creates.isEmpty {
-            let r = try command.upsert(creates)
-            rejected += r.rejected
-            if firstError == 0 { firstError = r.firstError }
+            for (i, e) in try command.upsert(creates).errors.enumerated() where e != 0 {
+                failed.append((creates[i].key, formerCreated[i]))
+                if firstError == 0 { firstError = e }
+            }
         }
         if !deletes.isEmpty {
             // ENOENT on delete: already gone, which is what was wanted.
-            let failures = try command.delete(deletes).errors.filter { $0 != 0 && $0 != ENOENT }
-            rejected += failures.count
-            if firstError == 0, let f = failures.first { firstError = f }
+            for (i, e) in try command.delete(deletes).errors.enumerated() where e != 0 && e != ENOENT {
+                failed.append((deletes[i], formerDeleted[i]))
+                if firstError == 0 { firstError = e }
+            }
         }
-        if rejected > 0 { throw WriteError(rejected: rejected, firstError: firstError) }
+        guard !failed.isEmpty else { return }
+        state.withLock { s in
+            for (key, former) in failed {
+                if let former { s.mirror.upsert(former, tag: 0) } else { s.mirror.remove(key) }
+            }
+        }
+        throw WriteError(rejected: failed.count, firstError: firstError)
     }
 
     // MARK: events
@@ -202,6 +224,11 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
             defer { writeLock.unlock() }
             table = try command.dump()
         } catch {
+            // The mirror stays as it was; the next reconciliation tries again.
+            state.withLock { s in
+                s.failedReconciliations += 1
+                s.lastError = "reconciliation dump failed: \(error)"
+            }
             return
         }
         state.withLock { s in

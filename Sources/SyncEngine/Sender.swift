@@ -32,10 +32,6 @@ final class ShareConnection: @unchecked Sendable {
     private var stats: ConnectionStatistics
     private var peerPort: Int
 
-    /// Records per UPDATES frame: about 50 KiB of IPv4 records, well under the frame limit
-    /// even when every record is a 93-byte IPv6 NAT one.
-    static let recordsPerFrame = 1500
-
     init(index: Int, loop: any EventLoop, settings: SyncSettings, tls: TLSMaterial, dataplane: any Dataplane, logger: Logger, seed: UInt64) {
         self.index = index
         self.loop = loop
@@ -269,7 +265,7 @@ final class ShareConnection: @unchecked Sendable {
         var now = NIODeadline.now()
         loop: while channel.isWritable {
             now = NIODeadline.now()
-            let step = sender.next(maxRecords: Self.recordsPerFrame, now: now) {
+            let step = sender.next(maxRecords: SyncWire.recordsPerFrame, now: now) {
                 dataplane.snapshot(share: index, of: settings.connections)
             }
             switch step {

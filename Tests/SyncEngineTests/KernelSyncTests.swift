@@ -5,6 +5,7 @@ import KernelDataplane
 import Logging
 import NIOCore
 import NIOPosix
+import Synchronization
 import SyncEngine
 import Testing
 import TestSupport
@@ -60,7 +61,11 @@ struct KernelSyncTests {
         })
         #expect(dp1.reconciliations >= 1)
 
-        // Failover: the backup commits what it holds into its kernel table.
+        // Failover: the backup commits what it holds into its kernel table. Whatever its
+        // dataplane delivers from now on is recorded.
+        let delivered = Mutex<[ConntrackUpdate]>([])
+        let watch = dp2.subscribe { changes in delivered.withLock { $0 += changes } }
+        defer { dp2.unsubscribe(watch) }
         let commit = pair.e2.store.dump()
         try dp2.apply(commit.map { .upsert($0) })
         let inKernel = try dp2.dump()
@@ -71,10 +76,37 @@ struct KernelSyncTests {
         }
         let listed = try ns2.exec(["conntrack", "-L"]).output
         #expect(listed.contains("sport=40001") && listed.contains("mark=7") && listed.contains("mark=9"), "\(listed)")
-        // The commit is not echoed: ha2's mirror holds the entries, and no change went to ha1.
+        // The commit is not echoed: the kernel's events for it arrive before those of a later
+        // conntrack, and that later one must be the only change delivered.
         #expect(dp2.count == 2)
-        #expect(pair.e1.store.count == 0)
+        try conntrack(ns2, ["-I", "-p", "tcp", "-s", "10.9.0.1", "-d", "10.2.0.1", "--sport", "41000", "--dport", "443",
+                            "--state", "ESTABLISHED", "-t", "3000", "-u", "SEEN_REPLY,ASSURED"])
+        #expect(await eventually(5) { !delivered.withLock { $0.isEmpty } })
+        let echoed = delivered.withLock { $0 }
+        #expect(echoed.count == 1 && echoed.first?.key.original.sourcePort == 41000, "\(echoed)")
         await pair.shutdown()
+    }
+
+    @Test("apply keeps a batch's order per key, and a refused write leaves the mirror as it was")
+    func applySemantics() throws {
+        let ns = try TestNamespace("apply")
+        let dp = try KernelDataplane(vrf: "main", netnsPath: ns.path, reconcileInterval: 0)
+        defer { dp.stop() }
+        let a = TrafficGenerator.conntrack(number: 10)
+        let b = TrafficGenerator.conntrack(number: 11)
+        try dp.apply([.upsert(a), .upsert(b)])
+        // a closed and opened again in one batch stays; b opened and closed goes.
+        try dp.apply([.delete(a.key), .upsert(a), .delete(b.key)])
+        let keys = Set(try dp.dump().map(\.key))
+        #expect(keys == [a.key])
+        #expect(dp.count == 1)
+        // ICMP type 3 cannot be a conntrack of its own: the kernel refuses it.
+        var bad = TrafficGenerator.conntrack(number: 9)   // n % 10 == 9: ICMP
+        #expect(bad.proto == .icmp)
+        bad.original.destinationPort = 3 << 8
+        #expect(throws: KernelDataplane.WriteError.self) { try dp.apply([.upsert(bad)]) }
+        #expect(dp.count == 1, "the refused entry stayed in the mirror")
+        #expect(dp.snapshot(share: 0, of: 1).map(\.key) == [a.key])
     }
 
     @Test("an event overrun is recovered by a dump, with nothing missing")
