@@ -82,7 +82,7 @@ let package = Package(
         .target(
             name: "KeepstateCLI",
             dependencies: [
-                "ConntrackModel", "SyncProtocol", "Dataplane", "SyncEngine", "PKI", "Config", "NetfilterConntrack",
+                "ConntrackModel", "SyncProtocol", "Dataplane", "SyncEngine", "PKI", "Config", "NetfilterConntrack", "KernelDataplane",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -237,6 +237,10 @@ static void build(struct nf_conntrack *ct, const ks_ct *in, int op, int be_liber
     }
     if (in->zone) nfct_set_attr_u16(ct, ATTR_ZONE, in->zone);
     if (op == KS_OP_DELETE) return;
+    if (op == KS_OP_TIMEOUT) {
+        nfct_set_attr_u32(ct, ATTR_TIMEOUT, in->timeout);
+        return;
+    }
     if (op == KS_OP_UPDATE) {
         if (in->proto == IPPROTO_TCP) nfct_set_attr_u8(ct, ATTR_TCP_STATE, in->tcp_state);
         nfct_set_attr_u32(ct, ATTR_TIMEOUT, in->timeout);

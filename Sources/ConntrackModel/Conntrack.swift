@@ -196,6 +196,13 @@ public struct Conntrack: Sendable, Hashable {
         ConntrackKey(family: family, proto: proto, original: original, zone: zone)
     }
 
+    /// Equal in everything but the remaining timeout (which changes by itself).
+    @inlinable
+    public func sameExceptTimeout(_ other: Conntrack) -> Bool {
+        original == other.original && reply == other.reply && tcpState == other.tcpState && status == other.status
+            && mark == other.mark && zone == other.zone && family == other.family && proto == other.proto
+    }
+
     /// Whether addresses or ports are translated in either direction.
     @inlinable
     public var isNAT: Bool { reply != original.inverted }

@@ -28,6 +28,42 @@ public protocol Dataplane: AnyObject, Sendable {
     /// Writes changes that come from the sync (a failover commit, say). They are not echoed to
     /// subscribers: events caused by Keepstate's own writes are ignored.
     func apply(_ updates: [ConntrackUpdate]) throws
+
+    /// On a backup: writes changes received from the peer so that they cannot expire. Upserts
+    /// enter the table with `timeout` (far in the future) in place of their own; `snapshot`
+    /// returns them as synced, with their own timeout. TCP entries get the be-liberal flags, so
+    /// that mid-stream packets pass after a takeover. Not echoed, like `apply`.
+    func hold(_ updates: [ConntrackUpdate], timeout: UInt32) throws
+
+    /// The entries whose remaining timeout is above `threshold`: what a backup held (also one
+    /// from before a restart), and that no packet has refreshed since.
+    func held(above threshold: UInt32) throws -> [Conntrack]
+
+    /// After a takeover: every entry still held (remaining timeout above `threshold`) gets the
+    /// timeout `timeout` returns for it; nil leaves the entry as it is. Only the timeout changes,
+    /// so a TCP state reached since the takeover stays.
+    func rearm(above threshold: UInt32, timeout: (Conntrack) -> UInt32?) throws -> RearmResult
+}
+
+/// A write error that knows how many entries of a batch the dataplane refused (the others were
+/// written).
+public protocol DataplaneWriteRejection: Error {
+    var rejectedCount: Int { get }
+}
+
+/// What `Dataplane.rearm` did.
+public struct RearmResult: Sendable, Equatable {
+    /// Entries that got their timeout.
+    public var rearmed: Int
+    /// Entries that were gone by the time of the write.
+    public var vanished: Int
+    /// Entries left as they were (no timeout given, or refreshed by traffic before the dump).
+    public var skipped: Int
+    public init(rearmed: Int = 0, vanished: Int = 0, skipped: Int = 0) {
+        self.rearmed = rearmed
+        self.vanished = vanished
+        self.skipped = skipped
+    }
 }
 
 /// A handle for `Dataplane.unsubscribe`.

@@ -48,6 +48,30 @@ public final class MemoryDataplane: Dataplane {
         }
     }
 
+    /// Memory entries never expire: holding is applying (with their own timeouts).
+    public func hold(_ updates: [ConntrackUpdate], timeout: UInt32) {
+        apply(updates)
+    }
+
+    public func held(above threshold: UInt32) -> [Conntrack] {
+        state.withLock { s in s.table.entries.filter { $0.timeout > threshold } }
+    }
+
+    public func rearm(above threshold: UInt32, timeout: (Conntrack) -> UInt32?) -> RearmResult {
+        state.withLock { s in
+            var result = RearmResult()
+            for c in Array(s.table.entries) {
+                guard c.timeout > threshold else { result.skipped += 1; continue }
+                guard let t = timeout(c) else { result.skipped += 1; continue }
+                var r = c
+                r.timeout = t
+                s.table.upsert(r, tag: 0)
+                result.rearmed += 1
+            }
+            return result
+        }
+    }
+
     /// Traffic: applies the changes and reports them to subscribers, as kernel events would.
     /// A delete of an absent key or an upsert identical to what the table holds is not reported.
     public func simulate(_ updates: [ConntrackUpdate]) {

@@ -88,6 +88,15 @@ struct Bench: AsyncParsableCommand {
                 rows.append(("kernel: dump, \(n) conntracks", Self.rate(median(figures.map(\.dump))), "-"))
                 rows.append(("kernel: timeout re-arm (update), \(n)", Self.rate(median(figures.map(\.rearm))), "-"))
             }
+            let c = counts.max() ?? 4
+            for n in sizes {
+                var f: [KernelBench.Failover] = []
+                for _ in 0..<runs { f.append(try await KernelBench.failover(entries: n, connections: c)) }
+                rows.append(("kernel sync: into the backup's table, \(n)", Self.rate(median(f.map(\.initialSync))), "-"))
+                rows.append(("kernel sync: resync after connection loss, \(n)", String(format: "%.3f s", median(f.map(\.resyncAfterLoss))), "-"))
+                rows.append(("failover: decision to all forwardable, \(n)", String(format: "%.4f s", median(f.map(\.forwardable))), "-"))
+                rows.append(("failover: background re-arm, \(n)", String(format: "%.3f s", median(f.map(\.rearm))), "-"))
+            }
         }
 
         let w = rows.map(\.0.count).max() ?? 10

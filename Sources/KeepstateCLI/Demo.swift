@@ -89,14 +89,15 @@ struct Demo: AsyncParsableCommand {
         let s1 = await pair.e1.statistics()
         say("   resyncs: \(s1.connections.map(\.resyncs).reduce(0, +)), records sent: \(s1.connections.map(\.transmit).reduce(0, +))")
 
-        say("== 3. failover: ha1 dies, ha2 becomes master and commits what it holds")
+        say("== 3. failover: ha1 dies, ha2 becomes master with what it already holds")
         await pair.e1.shutdown()
         t0 = clock.now
         let held = pair.e2.store.dump()
-        pair.dp2.apply(held.map { .upsert($0) })
+        let took = await pair.e2.prepareTakeover()
         pair.e2.setRole(.master)
-        say("   committed \(held.count) conntracks into ha2's dataplane in \(clock.now - t0)")
-        check("ha2's dataplane holds every synced conntrack", pair.dp2.count == held.count)
+        say("   \(held.count) synced conntracks forwardable in ha2's dataplane \(took) after the takeover decision")
+        check("ha2's dataplane holds every synced conntrack (tuples, NAT, state, mark)",
+              pair.dp2.count == held.count && tablesEqualExceptTimeout(pair.dp2.dump(), held))
 
         say("== 4. ha1 restarts with an empty table and is resynced by ha2")
         try await pair.restartNode1()

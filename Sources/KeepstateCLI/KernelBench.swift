@@ -1,7 +1,12 @@
 import ConntrackModel
 import Dataplane
 import Foundation
+import KernelDataplane
+import Logging
 import NetfilterConntrack
+import NIOPosix
+import PKI
+import SyncEngine
 
 /// Kernel table measurements (root): batched create, dump and timeout re-arm of N conntracks in
 /// a network namespace made for the run and deleted after it.
@@ -68,5 +73,105 @@ enum KernelBench {
         let rearmSeconds = (clock.now - t).seconds
         guard rearmed.rejected == 0 else { throw FileOutput.Refused(description: "re-arm refused \(rearmed.rejected)") }
         return Figures(create: Double(n) / createSeconds, dump: Double(n) / dumpSeconds, rearm: Double(n) / rearmSeconds)
+    }
+
+    struct Failover {
+        /// From the first connection until the backup's kernel holds every entry.
+        var initialSync: Double
+        /// Resync of the whole table after every sync connection was killed (nothing changed).
+        var resyncAfterLoss: Double
+        /// Takeover decision to every synced entry forwardable (`prepareTakeover`).
+        var forwardable: Double
+        /// The background re-arm after the takeover.
+        var rearm: Double
+    }
+
+    /// Two namespaces with their own kernel tables, two engines over mutual TLS on loopback:
+    /// the master's `n` conntracks are held in the backup's kernel table, then the master dies
+    /// and the backup takes over.
+    static func failover(entries n: Int, connections: Int) async throws -> Failover {
+        let oldMax = sysctl("net.netfilter.nf_conntrack_max")
+        if let oldMax, let current = Int(oldMax), current < 2 * n + 1024 {
+            setSysctl("net.netfilter.nf_conntrack_max", "\(2 * n + 1024)")
+        }
+        defer { if let oldMax { setSysctl("net.netfilter.nf_conntrack_max", oldMax) } }
+        let names = ["ks-fo-m-\(getpid())", "ks-fo-b-\(getpid())"]
+        for ns in names {
+            _ = try? run(["ip", "netns", "del", ns])
+            let made = try run(["ip", "netns", "add", ns])
+            guard made.status == 0 else { throw FileOutput.Refused(description: "ip netns add \(ns): \(made.output)") }
+        }
+        defer { for ns in names { _ = try? run(["ip", "netns", "del", ns]) } }
+
+        let nl = try ConntrackNetlink(netnsPath: "/run/netns/\(names[0])")
+        var items = (0..<UInt64(n)).map { TrafficGenerator.conntrack(number: $0) }
+        for i in items.indices { items[i].timeout = 3600 }
+        let created = try nl.create(items)
+        guard created.rejected == 0 else { throw FileOutput.Refused(description: "the kernel refused \(created.rejected) creations") }
+        items = []
+
+        let dp1 = try KernelDataplane(vrf: "main", netnsPath: "/run/netns/\(names[0])", reconcileInterval: 0)
+        let dp2 = try KernelDataplane(vrf: "main", netnsPath: "/run/netns/\(names[1])", reconcileInterval: 0)
+        defer { dp1.stop(); dp2.stop() }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        var logger = Logger(label: "keepstate")
+        logger.logLevel = .error
+        let ca = try PKI.makeCA(commonName: "keepstate bench CA")
+        let certs = [
+            "ha1": try PKI.issue(name: "ha1", addresses: ["127.0.0.1"], ca: ca),
+            "ha2": try PKI.issue(name: "ha2", addresses: ["127.0.0.2"], ca: ca),
+        ]
+        let e1 = try LoopbackPair.engine("ha1", dataplane: dp1, certs: certs, ca: ca, connections: connections, group: group,
+                                         logger: logger, queueLimit: 1 << 22)
+        let e2 = try LoopbackPair.engine("ha2", dataplane: dp2, certs: certs, ca: ca, connections: connections, group: group,
+                                         logger: logger, queueLimit: 1 << 22)
+        let p1 = try await e1.startListening()
+        let p2 = try await e2.startListening()
+        e1.setRole(.master)
+        let clock = ContinuousClock()
+        var t = clock.now
+        e1.startSending(peerPort: p2)
+        e2.startSending(peerPort: p1)
+        func synced() async -> Bool {
+            guard e2.store.count == n else { return false }
+            await e2.holderIdle()
+            return e2.store.count == n
+        }
+        guard await waitUntil(timeout: .seconds(600), every: .milliseconds(5), synced) else {
+            throw FileOutput.Refused(description: "the backup did not receive \(n) conntracks")
+        }
+        let initial = (clock.now - t).seconds
+        let heldCount = try dp2.held(above: HoldSettings().threshold).count
+        guard heldCount == n else { throw FileOutput.Refused(description: "the backup's kernel holds \(heldCount) of \(n)") }
+
+        // Every connection lost: each share resyncs; nothing changed, so nothing is rewritten.
+        let before = await e2.statistics().localNode.resyncsCompleted
+        t = clock.now
+        for i in 0..<connections { e1.killConnection(i) }
+        guard await waitUntil(timeout: .seconds(600), every: .milliseconds(2), {
+            guard await e2.statistics().localNode.resyncsCompleted >= before + UInt64(connections) else { return false }
+            return await e1.isIdle()
+        }) else { throw FileOutput.Refused(description: "resync after connection loss did not complete") }
+        await e2.holderIdle()
+        let resync = (clock.now - t).seconds
+
+        // The master dies; the backup takes over.
+        await e1.shutdown()
+        t = clock.now
+        _ = await e2.prepareTakeover()
+        let forwardable = (clock.now - t).seconds
+        let inKernel = try dp2.held(above: HoldSettings().threshold).count
+        guard inKernel == n else { throw FileOutput.Refused(description: "after takeover the kernel holds \(inKernel) of \(n)") }
+        e2.setRole(.master)
+        t = clock.now
+        e2.rearmAfterTakeover()
+        await e2.holderIdle()
+        let rearm = (clock.now - t).seconds
+        guard e2.holderStatistics?.lastRearm?.rearmed == n else {
+            throw FileOutput.Refused(description: "re-armed \(e2.holderStatistics?.lastRearm?.rearmed ?? 0) of \(n)")
+        }
+        await e2.shutdown()
+        try await group.shutdownGracefully()
+        return Failover(initialSync: Double(n) / initial, resyncAfterLoss: resync, forwardable: forwardable, rearm: rearm)
     }
 }

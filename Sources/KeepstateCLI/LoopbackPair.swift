@@ -39,7 +39,7 @@ final class LoopbackPair {
         e2 = try Self.engine("ha2", dataplane: dp2, certs: certs, ca: ca, connections: connections, group: group, logger: logger, queueLimit: queueLimit)
     }
 
-    static func engine(_ node: String, dataplane: MemoryDataplane, certs: [String: PEMPair], ca: PEMPair, connections: Int,
+    static func engine(_ node: String, dataplane: any Dataplane, certs: [String: PEMPair], ca: PEMPair, connections: Int,
                        group: any EventLoopGroup, logger: Logger, queueLimit: Int, listenPort: Int = 0) throws -> SyncEngine {
         let me = node == "ha1" ? "127.0.0.1" : "127.0.0.2"
         let peer = node == "ha1" ? "127.0.0.2" : "127.0.0.1"
@@ -113,5 +113,18 @@ func tablesEqual(_ a: [Conntrack], _ b: [Conntrack]) -> Bool {
     d.reserveCapacity(a.count)
     for c in a { d[c.key] = c }
     for c in b where d[c.key] != c { return false }
+    return true
+}
+
+/// As `tablesEqual`, but timeouts may differ: a backup's dataplane holds entries with its own
+/// hold timeout, and only changes of anything else are written to it.
+func tablesEqualExceptTimeout(_ a: [Conntrack], _ b: [Conntrack]) -> Bool {
+    guard a.count == b.count else { return false }
+    var d: [ConntrackKey: Conntrack] = [:]
+    d.reserveCapacity(a.count)
+    for c in a { d[c.key] = c }
+    for c in b {
+        guard let o = d[c.key], o.sameExceptTimeout(c) else { return false }
+    }
     return true
 }

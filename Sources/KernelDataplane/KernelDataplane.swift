@@ -103,8 +103,9 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         state.withLock { $0.subscribers.remove(subscription) }
     }
 
-    public struct WriteError: Error, CustomStringConvertible {
+    public struct WriteError: DataplaneWriteRejection, CustomStringConvertible {
         public var rejected: Int
+        public var rejectedCount: Int { rejected }
         public var firstError: Int32
         public var description: String {
             "the kernel refused \(rejected) conntrack write(s); first: \(String(cString: strerror(firstError)))"
@@ -117,6 +118,52 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
     /// batch the last change of a key wins, as if applied in order. Entries the kernel refuses
     /// get their former mirror state back, and the call throws.
     public func apply(_ updates: [ConntrackUpdate]) throws {
+        try write(updates, holdTimeout: nil)
+    }
+
+    /// As `apply`, but the kernel gets `timeout` for every upsert while the mirror keeps the
+    /// synced entry (what this node sends on if it becomes master).
+    public func hold(_ updates: [ConntrackUpdate], timeout: UInt32) throws {
+        try write(updates, holdTimeout: timeout)
+    }
+
+    public func held(above threshold: UInt32) throws -> [Conntrack] {
+        try dump().filter { $0.timeout > threshold }
+    }
+
+    /// Dumps the table and sets the timeout of every entry still above `threshold`. A packet
+    /// between the dump and the write resets the kernel's timeout first; the write then replaces
+    /// it with the rearmed value, which is the entry's full synced timeout or the policy's.
+    public func rearm(above threshold: UInt32, timeout: (Conntrack) -> UInt32?) throws -> RearmResult {
+        var result = RearmResult()
+        var batch: [Conntrack] = []
+        for c in try dump() {
+            guard c.timeout > threshold, let t = timeout(c) else { result.skipped += 1; continue }
+            var r = c
+            r.timeout = t
+            batch.append(r)
+        }
+        let chunk = 65_536
+        var start = 0
+        while start < batch.count {
+            let part = Array(batch[start..<min(start + chunk, batch.count)])
+            start += part.count
+            let errors: [Int32]
+            do {
+                writeLock.lock()
+                defer { writeLock.unlock() }
+                errors = try command.setTimeouts(part).errors
+            }
+            for e in errors {
+                if e == 0 { result.rearmed += 1 } else if e == ENOENT { result.vanished += 1 } else {
+                    throw WriteError(rejected: 1, firstError: e)
+                }
+            }
+        }
+        return result
+    }
+
+    private func write(_ updates: [ConntrackUpdate], holdTimeout: UInt32?) throws {
         var last: [ConntrackKey: Int] = [:]
         last.reserveCapacity(updates.count)
         for (i, u) in updates.enumerated() { last[u.key] = i }
@@ -134,6 +181,9 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
             for c in creates { s.mirror.upsert(c, tag: 0) }
             for k in deletes { s.mirror.remove(k) }
             return (fc, fd)
+        }
+        if let holdTimeout {
+            for i in creates.indices { creates[i].timeout = holdTimeout }
         }
         writeLock.lock()
         defer { writeLock.unlock() }

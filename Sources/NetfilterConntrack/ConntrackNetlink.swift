@@ -146,6 +146,12 @@ public final class ConntrackNetlink: @unchecked Sendable {
         try write(conntracks.map(Self.flat), op: Int32(KS_OP_UPDATE), beLiberal: false, what: "update")
     }
 
+    /// Sets existing conntracks' timeouts (each entry's `timeout`) and changes nothing else, so
+    /// that a TCP state the kernel reached since is kept.
+    public func setTimeouts(_ conntracks: [Conntrack]) throws(NetfilterError) -> WriteResult {
+        try write(conntracks.map(Self.flat), op: Int32(KS_OP_TIMEOUT), beLiberal: false, what: "set timeout")
+    }
+
     /// Creates what is missing and updates what exists: a create, then an update of the entries
     /// the create found already there.
     public func upsert(_ conntracks: [Conntrack], beLiberal: Bool = true) throws(NetfilterError) -> WriteResult {

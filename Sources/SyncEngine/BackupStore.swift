@@ -23,8 +23,29 @@ public final class BackupStore: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Receives every change the store makes (applied updates, swept entries as deletes), in the
+    /// store's order: it is called under the store's lock, so it must only queue.
+    private let onChange: (@Sendable ([ConntrackUpdate]) -> Void)?
 
-    public init() {}
+    public init(onChange: (@Sendable ([ConntrackUpdate]) -> Void)? = nil) {
+        self.onChange = onChange
+    }
+
+    /// Takes in what the dataplane still held from an earlier run (after a daemon restart), in
+    /// no epoch: the first completed resync of each share removes what the peer no longer has.
+    /// Entries the store already has are left alone. Returns how many were added.
+    @discardableResult
+    public func adopt(_ conntracks: [Conntrack], shares count: Int) -> Int {
+        state.withLock { s in
+            var added = 0
+            for c in conntracks where s.table[c.key] == nil {
+                let tag = StoreTag(epoch: 0, share: UInt8(truncatingIfNeeded: c.key.share(of: max(count, 1))))
+                s.table.upsert(c, tag: tag)
+                added += 1
+            }
+            return added
+        }
+    }
 
     public var count: Int { state.withLock { $0.table.count } }
 
@@ -53,12 +74,30 @@ public final class BackupStore: Sendable {
         let tag = StoreTag(epoch: epoch, share: UInt8(truncatingIfNeeded: share))
         return state.withLock { s in
             guard epoch != 0, s.current[share] == epoch else { return false }
+            guard let onChange else {
+                for u in updates {
+                    switch u {
+                    case .upsert(let c): s.table.upsert(c, tag: tag)
+                    case .delete(let k): s.table.remove(k)
+                    }
+                }
+                return true
+            }
+            // Only real changes go on: a resync that carries what the store already has (but
+            // for the timeout, which the dataplane replaces by the hold timeout anyway) costs
+            // no dataplane write.
+            var changes: [ConntrackUpdate] = []
             for u in updates {
                 switch u {
-                case .upsert(let c): s.table.upsert(c, tag: tag)
-                case .delete(let k): s.table.remove(k)
+                case .upsert(let c):
+                    let unchanged = s.table[c.key].map { $0.sameExceptTimeout(c) } ?? false
+                    s.table.upsert(c, tag: tag)
+                    if !unchanged { changes.append(u) }
+                case .delete(let k):
+                    if s.table.remove(k) != nil { changes.append(u) }
                 }
             }
+            if !changes.isEmpty { onChange(changes) }
             return true
         }
     }
@@ -72,7 +111,14 @@ public final class BackupStore: Sendable {
         let c8 = count > 255 ? 255 : UInt8(count)
         return state.withLock { s in
             guard epoch != 0, s.current[share] == epoch else { return nil }
-            return s.table.removeAll { _, tag in (tag.share == s8 || tag.share >= c8) && tag.epoch != epoch }
+            var removed: [ConntrackUpdate] = []
+            let n = s.table.removeAll { c, tag in
+                let stale = (tag.share == s8 || tag.share >= c8) && tag.epoch != epoch
+                if stale { removed.append(.delete(c.key)) }
+                return stale
+            }
+            if !removed.isEmpty { onChange?(removed) }
+            return n
         }
     }
 

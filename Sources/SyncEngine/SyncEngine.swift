@@ -1,4 +1,4 @@
-import ConntrackModel
+public import ConntrackModel
 public import Dataplane
 public import Logging
 public import NIOCore
@@ -22,11 +22,16 @@ public final class SyncEngine: Sendable {
     private let group: any EventLoopGroup
     private let logger: Logger
     private let connections: [ShareConnection]
+    /// Writes what the store receives into the dataplane (nil: the store only keeps it).
+    private let holder: BackupHolder?
     private let state = Mutex<(role: SyncRole, listener: SyncListener?, subscription: DataplaneSubscription?)>((.backup, nil, nil))
 
+    /// With `hold` set (the default), every conntrack received from the peer is also written
+    /// into `dataplane` at once, with the hold timeout, so that it is forwardable the moment this
+    /// node takes over (see `prepareTakeover`). With nil, the store only keeps it.
     public init(
         settings: SyncSettings, tls: TLSMaterial, dataplane: any Dataplane, group: any EventLoopGroup,
-        logger: Logger, store: BackupStore = BackupStore()
+        logger: Logger, hold: HoldSettings? = HoldSettings()
     ) {
         var logger = logger
         logger[metadataKey: "vrf"] = "\(settings.vrf)"
@@ -36,7 +41,19 @@ public final class SyncEngine: Sendable {
         self.dataplane = dataplane
         self.group = group
         self.logger = logger
-        self.store = store
+        if let hold {
+            // The store and the holder refer to each other: the store queues its changes on the
+            // holder, the holder reads the store for a re-hold.
+            let box = StoreBox()
+            let holder = BackupHolder(settings: hold, dataplane: dataplane, logger: logger) { box.store?.dump() ?? [] }
+            let store = BackupStore(onChange: { holder.enqueue($0) })
+            box.store = store
+            self.holder = holder
+            self.store = store
+        } else {
+            self.holder = nil
+            self.store = BackupStore()
+        }
         var seeds = SystemRandomNumberGenerator()
         self.connections = (0..<max(1, settings.connections)).map { i in
             ShareConnection(
@@ -46,6 +63,74 @@ public final class SyncEngine: Sendable {
     }
 
     public var role: SyncRole { state.withLock { $0.role } }
+
+    /// After a daemon restart: takes the entries the dataplane still holds from the earlier run
+    /// into the store, so that the peer's first resync of each share removes those it no longer
+    /// has. Returns how many were adopted.
+    @discardableResult
+    public func adoptHeld() throws -> Int {
+        guard let holder else { return 0 }
+        let held = try dataplane.held(above: holder.settings.threshold)
+        let n = store.adopt(held, shares: connections.count)
+        if n > 0 { logger.notice("adopted conntracks held by an earlier run", metadata: ["entries": "\(n)"]) }
+        return n
+    }
+
+    /// The first half of a takeover, before the virtual addresses move: returns once every
+    /// conntrack received from the peer so far is in the dataplane, forwardable. Its duration
+    /// depends on how many writes were still queued, not on the size of the table.
+    public func prepareTakeover() async -> Duration {
+        let start = ContinuousClock.now
+        if let holder {
+            await holder.flush()
+        } else {
+            // Without holding, the store is committed now: this grows with the table.
+            let entries = store.dump()
+            do {
+                try dataplane.apply(entries.map { .upsert($0) })
+            } catch {
+                logger.error("failover commit incomplete", metadata: ["error": "\(error)"])
+            }
+        }
+        let took = ContinuousClock.now - start
+        logger.notice("synced conntracks forwardable", metadata: ["entries": "\(store.count)", "duration": "\(took)"])
+        return took
+    }
+
+    /// The second half of a takeover, after the virtual addresses moved: the held entries get
+    /// their own timeouts back, counted from now (`timeout` may change that, for the grace
+    /// period and forced synchronization rules; nil leaves an entry held). Runs in the
+    /// background; `holderStatistics` reports it when done.
+    public func rearmAfterTakeover(_ timeout: (@Sendable (Conntrack) -> UInt32?)? = nil) {
+        guard let holder else { return }
+        let store = self.store
+        let threshold = holder.settings.threshold
+        holder.rearm { kernel in
+            if let timeout { return timeout(kernel) }
+            // The synced entry's timeout; an entry adopted from an earlier run has none of its
+            // own (it carries the hold timeout): give it the kernel's default for its kind.
+            guard let synced = store[kernel.key], synced.timeout <= threshold else {
+                return Self.fallbackTimeout(kernel)
+            }
+            return synced.timeout
+        }
+    }
+
+    /// The Linux defaults for an established entry of each kind.
+    static func fallbackTimeout(_ c: Conntrack) -> UInt32 {
+        switch c.proto {
+        case .tcp: return 432_000
+        case .udp: return 180
+        default: return 30
+        }
+    }
+
+    /// Waits until every held write and re-arm queued so far is done (tests, benchmarks).
+    public func holderIdle() async {
+        await holder?.flush()
+    }
+
+    public var holderStatistics: HolderStatistics? { holder?.statistics }
 
     /// Binds the listener. Returns the port it listens on (useful with port 0 in tests).
     @discardableResult
@@ -97,6 +182,7 @@ public final class SyncEngine: Sendable {
             return s.role
         }
         guard old != role else { return }
+        holder?.setHolding(role == .backup)
         logger.notice("sync role changed", metadata: ["from": "\(old.rawValue)", "to": "\(role.rawValue)"])
         for c in connections {
             // Read the role when the task runs: with two quick changes, the last one wins on
@@ -148,5 +234,11 @@ public final class SyncEngine: Sendable {
             try? await c.loop.submit { c.stop() }.get()
         }
         await listener?.close()
+        holder?.stop()
     }
+}
+
+/// Breaks the init-time cycle between the store and its holder.
+private final class StoreBox: @unchecked Sendable {
+    var store: BackupStore?
 }

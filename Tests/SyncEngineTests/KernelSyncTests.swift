@@ -18,7 +18,7 @@ struct KernelSyncTests {
         if r.status != 0 { throw TestFailure("conntrack \(args.joined(separator: " ")): \(r.output)") }
     }
 
-    @Test("conntracks made with `conntrack -I` in the master's namespace reach the backup; changes, deletions and a failover commit follow")
+    @Test("conntracks made with `conntrack -I` in the master's namespace are held in the backup's kernel table; changes, deletions and a failover re-arm follow")
     func kernelToKernel() async throws {
         let ns1 = try TestNamespace("master")
         let ns2 = try TestNamespace("backup")
@@ -61,23 +61,39 @@ struct KernelSyncTests {
         })
         #expect(dp1.reconciliations >= 1)
 
-        // Failover: the backup commits what it holds into its kernel table. Whatever its
-        // dataplane delivers from now on is recorded.
+        // The backup holds what it received in its own kernel table: same NAT, state and mark,
+        // with the hold timeout, so that nothing expires while it is backup.
+        let hold = HoldSettings()
+        await pair.e2.holderIdle()
+        let synced = pair.e2.store.dump()
+        var inKernel = try dp2.dump()
+        #expect(inKernel.count == 2)
+        for c in synced {
+            let k = try #require(inKernel.first { $0.key == c.key })
+            #expect(k.reply == c.reply && k.tcpState == c.tcpState && k.mark == c.mark)
+            #expect(k.timeout > hold.threshold, "held with \(k.timeout) s")
+        }
+
+        // Failover: ha1 dies. Whatever the backup's dataplane delivers from now on is recorded.
         let delivered = Mutex<[ConntrackUpdate]>([])
         let watch = dp2.subscribe { changes in delivered.withLock { $0 += changes } }
         defer { dp2.unsubscribe(watch) }
-        let commit = pair.e2.store.dump()
-        try dp2.apply(commit.map { .upsert($0) })
-        let inKernel = try dp2.dump()
-        #expect(inKernel.count == 2)
-        for c in commit {
+        await pair.e1.shutdown()
+        _ = await pair.e2.prepareTakeover()
+        pair.e2.setRole(.master)
+        pair.e2.rearmAfterTakeover()
+        #expect(await eventually(5) { pair.e2.holderStatistics?.lastRearm?.rearmed == 2 })
+        // Each entry now counts down its synced timeout from the switch.
+        inKernel = try dp2.dump()
+        for c in synced {
             let k = try #require(inKernel.first { $0.key == c.key })
+            #expect(k.timeout <= c.timeout && k.timeout + 5 >= c.timeout, "re-armed to \(k.timeout) s, synced \(c.timeout) s")
             #expect(k.reply == c.reply && k.tcpState == c.tcpState && k.mark == c.mark)
         }
         let listed = try ns2.exec(["conntrack", "-L"]).output
         #expect(listed.contains("sport=40001") && listed.contains("mark=7") && listed.contains("mark=9"), "\(listed)")
-        // The commit is not echoed: the kernel's events for it arrive before those of a later
-        // conntrack, and that later one must be the only change delivered.
+        // Neither the hold writes nor the re-arm are echoed: the kernel's events for them arrive
+        // before those of a later conntrack, and that later one must be the only change delivered.
         #expect(dp2.count == 2)
         try conntrack(ns2, ["-I", "-p", "tcp", "-s", "10.9.0.1", "-d", "10.2.0.1", "--sport", "41000", "--dport", "443",
                             "--state", "ESTABLISHED", "-t", "3000", "-u", "SEEN_REPLY,ASSURED"])
@@ -85,6 +101,73 @@ struct KernelSyncTests {
         let echoed = delivered.withLock { $0 }
         #expect(echoed.count == 1 && echoed.first?.key.original.sourcePort == 41000, "\(echoed)")
         await pair.shutdown()
+    }
+
+    @Test("a restarted backup adopts what its kernel table holds, and the master's resync removes what went meanwhile")
+    func backupRestart() async throws {
+        let ns1 = try TestNamespace("rmaster")
+        let ns2 = try TestNamespace("rbackup")
+        let dp1 = try KernelDataplane(vrf: "main", netnsPath: ns1.path, reconcileInterval: 0)
+        defer { dp1.stop() }
+        let writer = try KernelDataplane(vrf: "main", netnsPath: ns1.path, reconcileInterval: 0)
+        defer { writer.stop() }
+        let all = Array((0..<UInt64(600)).map { TrafficGenerator.conntrack(number: $0) }.filter { $0.proto == .tcp }.prefix(300))
+        let first = Array(all.prefix(200))
+        try writer.apply(first.map { .upsert($0) })
+        #expect(await eventually(5) { dp1.count == 200 })
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        func engine(_ node: String, _ dp: any Dataplane, listenPort: Int = 0) throws -> SyncEngine {
+            let one = node == "ha1"
+            return SyncEngine(
+                settings: Pair.settings(node: node, source: one ? "127.0.0.1" : "127.0.0.2", peer: one ? "127.0.0.2" : "127.0.0.1",
+                                        peerName: one ? "ha2" : "ha1", connections: 2, listenPort: listenPort),
+                tls: try TestPKI.material(one ? TestPKI.ha1 : TestPKI.ha2), dataplane: dp, group: group, logger: logger)
+        }
+        let e1 = try engine("ha1", dp1)
+        var dp2 = try KernelDataplane(vrf: "main", netnsPath: ns2.path, reconcileInterval: 0)
+        var e2 = try engine("ha2", dp2)
+        let port1 = try await e1.startListening()
+        let port2 = try await e2.startListening()
+        e1.setRole(.master)
+        e1.startSending(peerPort: port2)
+        e2.startSending(peerPort: port1)
+        let hold = HoldSettings()
+        func heldKeys() throws -> Set<ConntrackKey> { Set(try dp2.held(above: hold.threshold).map(\.key)) }
+        #expect(await eventually(10) { (try? heldKeys()) == Set(first.map(\.key)) })
+
+        // The backup's daemon dies. Meanwhile 50 conntracks end on the master and 100 begin.
+        await e2.shutdown()
+        dp2.stop()
+        try writer.apply(first.prefix(50).map { .delete($0.key) } + all.suffix(from: 200).map { .upsert($0) })
+        let expected = Set(first.suffix(from: 50).map(\.key)).union(all.suffix(from: 200).map(\.key))
+        #expect(await eventually(5) { dp1.count == 250 })
+
+        // It comes back on the same port: it adopts its 200 held entries, and the master's
+        // resync leaves exactly the master's 250 held.
+        dp2 = try KernelDataplane(vrf: "main", netnsPath: ns2.path, reconcileInterval: 0)
+        e2 = try engine("ha2", dp2, listenPort: port2)
+        #expect(try e2.adoptHeld() == 200)
+        _ = try await e2.startListening()
+        e2.startSending(peerPort: port1)
+        #expect(await eventually(15) { (try? heldKeys()) == expected }, "held: \((try? heldKeys().count) ?? -1)")
+        #expect(e2.store.count == 250)
+
+        // The master's daemon dies and comes back: its table is read from the kernel and the
+        // backup is resynced to the same 250.
+        await e1.shutdown()
+        let e1b = try engine("ha1", dp1, listenPort: port1)
+        _ = try await e1b.startListening()
+        e1b.setRole(.master)
+        e1b.startSending(peerPort: port2)
+        #expect(await eventually(15) { await e1b.isIdle() })
+        #expect(await eventually(5) { (try? heldKeys()) == expected && e2.store.count == 250 })
+        await e1b.shutdown()
+        await e2.shutdown()
+        dp2.stop()
+        try await group.shutdownGracefully()
     }
 
     @Test("apply keeps a batch's order per key, and a refused write leaves the mirror as it was")

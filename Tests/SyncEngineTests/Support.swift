@@ -47,10 +47,10 @@ struct Pair {
     let port2: Int
 
     static func settings(node: String, source: String, peer: String, peerName: String, connections: Int,
-                         queueLimit: Int = 1 << 20, syncSettings: [SyncSettingPair] = []) -> SyncSettings {
+                         queueLimit: Int = 1 << 20, syncSettings: [SyncSettingPair] = [], listenPort: Int = 0) -> SyncSettings {
         SyncSettings(
             vrf: "main", nodeID: node, peerName: peerName, source: source, peerAddress: peer, peerPort: 0,
-            listenPort: 0, peerIdentity: peerName, connections: connections,
+            listenPort: listenPort, peerIdentity: peerName, connections: connections,
             heartbeatInterval: .milliseconds(200), deadInterval: .milliseconds(1500), queueLimit: queueLimit,
             syncSettings: syncSettings)
     }

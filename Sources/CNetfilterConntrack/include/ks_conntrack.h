@@ -52,11 +52,12 @@ int ks_ct_dump(struct nfct_handle *h, uint8_t family, ks_ct_sink sink, void *con
 int ks_ct_read_events(struct nfct_handle *h, ks_ct_sink sink, void *context);
 int ks_ct_set_nonblocking(struct nfct_handle *h);
 
-enum { KS_OP_CREATE = 0, KS_OP_DELETE = 1, KS_OP_UPDATE = 2 };
+enum { KS_OP_CREATE = 0, KS_OP_DELETE = 1, KS_OP_UPDATE = 2, KS_OP_TIMEOUT = 3 };
 
 /// Writes `count` conntracks in batched netlink messages. KS_OP_CREATE creates and fails with
 /// EEXIST for an entry that exists; KS_OP_UPDATE changes an existing entry's TCP state, timeout
-/// and mark (never its NAT or status, which the kernel refuses to change); KS_OP_DELETE deletes.
+/// and mark (never its NAT or status, which the kernel refuses to change); KS_OP_TIMEOUT changes
+/// an existing entry's timeout and nothing else; KS_OP_DELETE deletes.
 /// `be_liberal` sets the TCP be-liberal window flags. Returns the number of messages the kernel
 /// rejected, or -1 with errno when the socket failed. `errors`, when not NULL, has `count` slots
 /// and receives each message's errno (0: accepted).
