@@ -22,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         // Value types: tuples, NAT, state, the per-VRF table. No I/O.
@@ -78,12 +79,27 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The daemon: HA groups, VRFs (dataplane + sync engine), control socket, lifecycle.
+        .target(
+            name: "Daemon",
+            dependencies: [
+                "Config", "ConntrackModel", "Dataplane", "KernelDataplane", "SyncEngine", "SyncProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
         // Subcommands (a library so that tests can drive them).
         .target(
             name: "KeepstateCLI",
             dependencies: [
                 "ConntrackModel", "SyncProtocol", "Dataplane", "SyncEngine", "PKI", "Config", "NetfilterConntrack", "KernelDataplane",
+                "Daemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -117,6 +133,12 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "KeepstateCLITests", dependencies: ["KeepstateCLI", "Config"], swiftSettings: strict),
+        .testTarget(
+            name: "DaemonTests",
+            dependencies: ["Daemon", "Config", "Dataplane", "ConntrackModel", "SyncEngine", "PKI", "TestSupport",
+                           .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,170 @@
+public import Foundation
+
+public import SyncEngine
+
+/// The control socket's protocol: one JSON object per line each way, a request and its reply.
+/// Version 1. The schema is documented in docs/operations.md; fields are only ever added.
+public enum ControlProtocol {
+    public static let version = 1
+    /// A request longer than this is refused without being parsed.
+    public static let maximumRequestBytes = 16 * 1024
+}
+
+public enum ControlCommand: String, Codable, Sendable, CaseIterable {
+    case showState = "show-state"
+    case showPeer = "show-peer"
+    case showConntracks = "show-conntracks"
+    case setState = "set-state"
+    case sync
+    case reload
+}
+
+public struct ControlRequest: Codable, Sendable, Equatable {
+    public var version: Int
+    public var command: ControlCommand
+    /// Restricts `show-*` to one VRF; names the VRF of `sync`.
+    public var vrf: String?
+    /// `set-state`: the HA group and `master`, `backup` or `auto`.
+    public var group: String?
+    public var state: String?
+
+    public init(command: ControlCommand, vrf: String? = nil, group: String? = nil, state: String? = nil) {
+        self.version = ControlProtocol.version
+        self.command = command
+        self.vrf = vrf
+        self.group = group
+        self.state = state
+    }
+}
+
+/// What can be wrong with a request; the reply's `error` says it in words.
+public enum ControlRequestError: Error, Equatable, CustomStringConvertible {
+    case tooLong(Int)
+    case notJSON(String)
+    case unsupportedVersion(Int)
+
+    public var description: String {
+        switch self {
+        case .tooLong(let n):
+            return "request longer than \(ControlProtocol.maximumRequestBytes) bytes (\(n) read)"
+        case .notJSON(let why):
+            return "request is not a control request: \(why)"
+        case .unsupportedVersion(let v):
+            return "request version \(v) not supported (this daemon speaks version \(ControlProtocol.version))"
+        }
+    }
+
+    /// Decodes one request line (without its newline).
+    public static func decode(_ line: some Collection<UInt8>) throws(ControlRequestError) -> ControlRequest {
+        guard line.count <= ControlProtocol.maximumRequestBytes else { throw .tooLong(line.count) }
+        // The version first, so that a newer client gets a clear answer rather than a schema error.
+        let data = Data(line)
+        let versioned: Versioned
+        do {
+            versioned = try JSONDecoder().decode(Versioned.self, from: data)
+        } catch {
+            throw .notJSON(Self.explain(error))
+        }
+        guard versioned.version == ControlProtocol.version else { throw .unsupportedVersion(versioned.version) }
+        do {
+            return try JSONDecoder().decode(ControlRequest.self, from: data)
+        } catch {
+            throw .notJSON(Self.explain(error))
+        }
+    }
+
+    private struct Versioned: Decodable { var version: Int }
+
+    static func explain(_ error: any Error) -> String {
+        switch error {
+        case DecodingError.keyNotFound(let key, _): return "missing field \"\(key.stringValue)\""
+        case DecodingError.typeMismatch(_, let c), DecodingError.valueNotFound(_, let c):
+            return "wrong type at \"\(c.codingPath.map(\.stringValue).joined(separator: "."))\""
+        case DecodingError.dataCorrupted(let c):
+            if let key = c.codingPath.last { return "bad value for \"\(key.stringValue)\"" }
+            return "malformed JSON"
+        default: return "malformed JSON"
+        }
+    }
+}
+
+/// One HA group as `show state` reports it.
+public struct GroupReport: Codable, Sendable, Equatable {
+    public var name: String
+    /// `static` (an `ha_group`), `vrrp-instance` or `vrrp-sync-group`.
+    public var kind: String
+    /// What drives the group without an override: the configured static state or VRRP's state.
+    public var driven: String
+    /// `auto`, `master` or `backup` (set with `keepstate set-state`).
+    public var override: String
+    /// What the VRFs listening to the group do.
+    public var state: String
+    /// Seconds since the state last changed.
+    public var since: Double
+    public var transitions: Int
+    public var vrfs: [String]
+}
+
+/// One VRF as `show state` reports it.
+public struct VRFReport: Codable, Sendable, Equatable {
+    public var name: String
+    public var netns: String?
+    public var group: String?
+    public var role: String
+    /// Conntracks of this node that qualify for sync (the dataplane's mirror).
+    public var conntracks: Int
+    /// Conntracks received from the peer and held.
+    public var held: Int
+    public var holdQueue: Int
+    public var holdRefused: Int
+    public var lastTakeoverSeconds: Double?
+    public var lastRearm: Int?
+    public var connectionsEstablished: Int
+    public var connections: Int
+    public var dataplaneError: String?
+}
+
+public struct StateReport: Codable, Sendable, Equatable {
+    public var routerID: String
+    public var configFile: String
+    public var uptime: Double
+    public var groups: [GroupReport]
+    public var vrfs: [VRFReport]
+}
+
+/// Conntrack counts of one VRF (`show conntracks`).
+public struct ConntrackCounts: Codable, Sendable, Equatable {
+    public var vrf: String
+    /// Synced (qualifying) conntracks by protocol name, then TCP state or "-".
+    public var synced: [String: [String: Int]]
+    /// Held for the peer.
+    public var held: Int
+}
+
+public struct ControlReply: Codable, Sendable, Equatable {
+    public var version: Int = ControlProtocol.version
+    public var ok: Bool
+    public var error: String?
+    /// A sentence for commands that change something (`set-state`, `sync`, `reload`).
+    public var message: String?
+    public var state: StateReport?
+    public var peers: [SyncStatistics]?
+    public var conntracks: [ConntrackCounts]?
+
+    public init(ok: Bool, error: String? = nil, message: String? = nil) {
+        self.ok = ok
+        self.error = error
+        self.message = message
+    }
+
+    public static func failure(_ error: String) -> ControlReply { ControlReply(ok: false, error: error) }
+
+    /// One line of JSON with sorted keys (stable for golden tests and scripts).
+    public func encodedLine() -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        var data = (try? encoder.encode(self)) ?? Data(#"{"ok":false,"error":"reply could not be encoded","version":1}"#.utf8)
+        data.append(0x0A)
+        return data
+    }
+}

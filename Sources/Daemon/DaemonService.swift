@@ -1,0 +1,55 @@
+import Foundation
+public import Logging
+public import ServiceLifecycle
+import UnixSignals
+
+/// The daemon as a swift-service-lifecycle `Service`: starts it, tells systemd it is ready,
+/// reloads on SIGHUP, and stops cleanly on graceful shutdown (SIGTERM, SIGINT).
+public struct DaemonService: Service {
+    let options: KeepstateDaemon.Options
+    let logger: Logger
+
+    public init(options: KeepstateDaemon.Options, logger: Logger) {
+        self.options = options
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let daemon = try KeepstateDaemon(options: options, logger: logger)
+        try await daemon.start()
+        SystemdNotify.send("READY=1\nSTATUS=keepstate running")
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
+        for await _ in hangups.cancelOnGracefulShutdown() {
+            logger.notice("SIGHUP: reloading the configuration")
+            let reply = await daemon.reload()
+            SystemdNotify.send("STATUS=\(reply.ok ? "reloaded" : "reload refused")")
+        }
+        SystemdNotify.send("STOPPING=1")
+        await daemon.shutdown()
+    }
+}
+
+/// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, when it is set.
+enum SystemdNotify {
+    static func send(_ message: String) {
+        guard let path = ProcessInfo.processInfo.environment["NOTIFY_SOCKET"], !path.isEmpty else { return }
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        var bytes = Array(path.utf8)
+        // An abstract socket is written with a leading '@'.
+        if bytes.first == UInt8(ascii: "@") { bytes[0] = 0 }
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+        }
+        let length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count)
+        _ = message.withCString { msg in
+            withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, msg, strlen(msg), 0, $0, length) }
+            }
+        }
+    }
+}

@@ -1,0 +1,266 @@
+import Config
+import Dataplane
+import Foundation
+import KernelDataplane
+public import Logging
+import NIOCore
+import NIOPosix
+import SyncEngine
+
+/// The daemon: its configuration, HA groups, VRFs (each a dataplane and a sync engine) and the
+/// control socket. An actor: control requests, reloads and state changes run one at a time.
+public actor KeepstateDaemon {
+    public struct Options: Sendable {
+        public var configPath: String
+        public var socketPath: String
+        /// When set, the control socket is group-readable and -writable by this group.
+        public var socketGroup: String?
+        public var dataplaneFactory: DataplaneFactory
+
+        public init(configPath: String, socketPath: String = KeepstateDaemon.defaultSocketPath, socketGroup: String? = nil,
+                    dataplaneFactory: DataplaneFactory? = nil) {
+            self.configPath = configPath
+            self.socketPath = socketPath
+            self.socketGroup = socketGroup
+            self.dataplaneFactory = dataplaneFactory ?? { vrf in
+                try KernelDataplane(vrf: vrf.name, netnsPath: vrf.netns.map { "/run/netns/\($0)" })
+            }
+        }
+    }
+
+    public static let defaultSocketPath = "/run/keepstate/keepstate.sock"
+
+    let options: Options
+    let logger: Logger
+    private var config: KeepstateConfig
+    private var groups: [String: HAGroupState] = [:]
+    /// Overrides survive reloads (and only reloads): they are the operator's, not the file's.
+    private var overrides: [String: StateOverride] = [:]
+    private var vrfs: [String: VRFRuntime] = [:]
+    /// VRFs whose dataplane or engine failed to start, and why; the others run regardless.
+    private var failed: [String: String] = [:]
+    private let eventLoops: MultiThreadedEventLoopGroup
+    private var control: ControlServer?
+    private let started = ContinuousClock.now
+
+    /// Loads and validates the configuration; nothing starts until `start`.
+    public init(options: Options, logger: Logger) throws {
+        self.options = options
+        self.logger = logger
+        self.config = try ConfigLoader.load(path: options.configPath)
+        eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+    }
+
+    /// Opens the control socket, the dataplanes and the sync engines, and sets every group's
+    /// initial state. A VRF that fails to start is reported (log, `show state`) and the others
+    /// run.
+    public func start() async throws {
+        control = try await ControlServer.start(
+            path: options.socketPath, group: options.socketGroup, eventLoops: eventLoops, logger: logger
+        ) { [weak self] request in
+            guard let self else { return .failure("daemon stopping") }
+            return await self.handle(request)
+        }
+        buildGroups()
+        for vrf in config.vrfs { await startVRF(vrf) }
+        logger.notice("keepstate running", metadata: [
+            "config": "\(options.configPath)", "vrfs": "\(config.vrfs.map(\.name).joined(separator: ","))",
+            "socket": "\(options.socketPath)",
+        ])
+    }
+
+    public func shutdown() async {
+        logger.notice("keepstate stopping")
+        for v in vrfs.values { await v.stop() }
+        vrfs = [:]
+        await control?.close()
+        control = nil
+        try? await eventLoops.shutdownGracefully()
+    }
+
+    // MARK: groups
+
+    private func buildGroups() {
+        let now = ContinuousClock.now
+        var next: [String: HAGroupState] = [:]
+        for g in config.haGroups {
+            let role: SyncRole = g.staticState == .master ? .master : .backup
+            if var old = groups[g.name] {
+                _ = old.drive(role, now: now)
+                next[g.name] = old
+            } else {
+                next[g.name] = HAGroupState(name: g.name, kind: .static, driven: role, override: overrides[g.name] ?? .auto, now: now)
+            }
+        }
+        groups = next
+        overrides = overrides.filter { next[$0.key] != nil }
+    }
+
+    private func groupName(of vrf: VRFConfig) -> String? { vrf.sync?.listenHAGroup }
+
+    private func role(of vrf: VRFConfig) -> SyncRole {
+        groupName(of: vrf).flatMap { groups[$0]?.effective } ?? .backup
+    }
+
+    /// Moves every VRF listening to `group` to its role.
+    private func apply(group name: String) async {
+        guard let g = groups[name] else { return }
+        for v in vrfs.values where groupName(of: v.config) == name && v.role != g.effective {
+            let from = v.role
+            await v.setRole(g.effective)
+            logger.notice("VRF role changed", metadata: [
+                "vrf": "\(v.config.name)", "group": "\(name)", "from": "\(from.rawValue)", "to": "\(g.effective.rawValue)",
+                "takeover": "\(v.lastTakeover.map { "\($0)" } ?? "-")",
+            ])
+        }
+    }
+
+    // MARK: VRFs
+
+    private func startVRF(_ vrf: VRFConfig) async {
+        do {
+            let dataplane = try options.dataplaneFactory(vrf)
+            let runtime = VRFRuntime(config: vrf, dataplane: dataplane, group: eventLoops, logger: logger)
+            try await runtime.startSync(routerID: config.routerID, role: role(of: vrf))
+            vrfs[vrf.name] = runtime
+            failed[vrf.name] = nil
+            logger.notice("VRF started", metadata: [
+                "vrf": "\(vrf.name)", "netns": "\(vrf.netns ?? "(own)")", "role": "\(runtime.role.rawValue)",
+                "conntracks": "\(dataplane.count)",
+            ])
+        } catch {
+            failed[vrf.name] = "\(error)"
+            logger.error("VRF could not start; the other VRFs run", metadata: ["vrf": "\(vrf.name)", "error": "\(error)"])
+        }
+    }
+
+    // MARK: requests
+
+    func handle(_ request: ControlRequest) async -> ControlReply {
+        switch request.command {
+        case .showState:
+            var reply = ControlReply(ok: true)
+            reply.state = await stateReport(vrf: request.vrf)
+            return reply
+        case .showPeer:
+            var peers: [SyncStatistics] = []
+            for name in vrfs.keys.sorted() where request.vrf == nil || request.vrf == name {
+                if let s = await vrfs[name]?.engine?.statistics() { peers.append(s) }
+            }
+            if let v = request.vrf, vrfs[v] == nil { return .failure(unknownVRF(v)) }
+            var reply = ControlReply(ok: true)
+            reply.peers = peers
+            return reply
+        case .showConntracks:
+            if let v = request.vrf, vrfs[v] == nil { return .failure(unknownVRF(v)) }
+            var reply = ControlReply(ok: true)
+            reply.conntracks = vrfs.keys.sorted().filter { request.vrf == nil || request.vrf == $0 }.compactMap { vrfs[$0]?.counts() }
+            return reply
+        case .setState:
+            return await setState(group: request.group, state: request.state)
+        case .sync:
+            guard let v = request.vrf else { return .failure("sync needs a VRF: keepstate sync --vrf NAME") }
+            guard let runtime = vrfs[v] else { return .failure(unknownVRF(v)) }
+            guard runtime.role == .master, let engine = runtime.engine else {
+                return .failure("VRF \(v) is \(runtime.role.rawValue) here: run the forced synchronization on the master")
+            }
+            engine.resyncAll()
+            logger.notice("forced synchronization started", metadata: ["vrf": "\(v)", "conntracks": "\(runtime.dataplane.count)"])
+            return ControlReply(ok: true, message: "synchronization of VRF \(v) started (\(runtime.dataplane.count) conntracks)")
+        case .reload:
+            return await reload()
+        }
+    }
+
+    private func unknownVRF(_ name: String) -> String {
+        "no VRF \(name) (configured: \(config.vrfs.map(\.name).joined(separator: ", ")))"
+    }
+
+    func setState(group: String?, state: String?) async -> ControlReply {
+        guard let name = group, var g = groups[name] else {
+            return .failure("no HA group \(group ?? "(none given)") (configured: \(groups.keys.sorted().joined(separator: ", ")))")
+        }
+        guard let o = state.flatMap({ StateOverride(rawValue: $0.lowercased()) }) else {
+            return .failure("state must be master, backup or auto (got \(state ?? "nothing"))")
+        }
+        let changed = g.setOverride(o, now: .now)
+        groups[name] = g
+        overrides[name] = o == .auto ? nil : o
+        logger.notice("state override set", metadata: [
+            "group": "\(name)", "override": "\(o.rawValue)", "state": "\(g.effective.rawValue)",
+        ])
+        if changed != nil { await apply(group: name) }
+        return ControlReply(ok: true, message: "group \(name): override \(o.rawValue), state \(g.effective.rawValue)")
+    }
+
+    /// Loads the configuration again. An invalid one is refused whole and the running one
+    /// stays. Otherwise: removed VRFs stop, new ones start, changed sync settings restart only
+    /// that VRF's connections (its table stays), and groups take their new static states.
+    public func reload() async -> ControlReply {
+        let new: KeepstateConfig
+        do {
+            new = try ConfigLoader.load(path: options.configPath)
+        } catch {
+            logger.error("reload refused; the running configuration stays", metadata: ["error": "\(error)"])
+            return .failure("reload refused, the running configuration stays:\n\(error)")
+        }
+        let old = config
+        config = new
+        buildGroups()
+        var changes: [String] = []
+        for vrf in old.vrfs where new.vrf(named: vrf.name) == nil {
+            await vrfs[vrf.name]?.stop()
+            vrfs[vrf.name] = nil
+            failed[vrf.name] = nil
+            changes.append("removed VRF \(vrf.name)")
+        }
+        for vrf in new.vrfs {
+            if let runtime = vrfs[vrf.name], old.vrf(named: vrf.name)?.netns == vrf.netns {
+                if old.vrf(named: vrf.name) != vrf || old.routerID != new.routerID {
+                    do {
+                        try await runtime.reconfigure(vrf, routerID: new.routerID)
+                        changes.append("updated VRF \(vrf.name)")
+                    } catch {
+                        failed[vrf.name] = "\(error)"
+                        changes.append("VRF \(vrf.name) failed: \(error)")
+                    }
+                }
+            } else {
+                await vrfs[vrf.name]?.stop()
+                vrfs[vrf.name] = nil
+                await startVRF(vrf)
+                changes.append("started VRF \(vrf.name)")
+            }
+        }
+        for name in groups.keys.sorted() { await apply(group: name) }
+        let summary = changes.isEmpty ? "no change" : changes.joined(separator: "; ")
+        logger.notice("configuration reloaded", metadata: ["changes": "\(summary)"])
+        return ControlReply(ok: true, message: "reloaded: \(summary)")
+    }
+
+    func stateReport(vrf only: String?) async -> StateReport {
+        let now = ContinuousClock.now
+        var groupReports: [GroupReport] = []
+        for name in groups.keys.sorted() {
+            let g = groups[name]!
+            groupReports.append(GroupReport(
+                name: name, kind: g.kind.rawValue, driven: g.driven.rawValue, override: g.override.rawValue,
+                state: g.effective.rawValue, since: (now - g.since).seconds, transitions: g.transitions,
+                vrfs: config.vrfs.filter { groupName(of: $0) == name }.map(\.name)))
+        }
+        var vrfReports: [VRFReport] = []
+        for vrf in config.vrfs where only == nil || only == vrf.name {
+            if let runtime = vrfs[vrf.name] {
+                vrfReports.append(await runtime.report(groupName: groupName(of: vrf)))
+            } else {
+                vrfReports.append(VRFReport(
+                    name: vrf.name, netns: vrf.netns, group: groupName(of: vrf), role: "down", conntracks: 0, held: 0,
+                    holdQueue: 0, holdRefused: 0, lastTakeoverSeconds: nil, lastRearm: nil, connectionsEstablished: 0,
+                    connections: 0, dataplaneError: failed[vrf.name]))
+            }
+        }
+        return StateReport(
+            routerID: config.routerID, configFile: options.configPath, uptime: (now - started).seconds,
+            groups: groupReports, vrfs: vrfReports)
+    }
+}

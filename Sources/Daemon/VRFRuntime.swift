@@ -1,0 +1,154 @@
+public import Config
+public import Dataplane
+import Logging
+import NIOCore
+public import SyncEngine
+import SyncProtocol
+
+/// Opens a VRF's dataplane: the kernel table of its namespace in the daemon, a memory table in
+/// tests without root.
+public typealias DataplaneFactory = @Sendable (VRFConfig) throws -> any Dataplane
+
+extension SyncSettings {
+    /// The engine settings of one VRF of a validated configuration, or nil when the VRF does
+    /// not sync (it has no `ha_fp_conntrack` block).
+    public init?(vrf: VRFConfig, routerID: String) {
+        guard let sync = vrf.sync else { return nil }
+        self.init(
+            vrf: vrf.name,
+            nodeID: routerID,
+            peerName: sync.peer.name,
+            source: sync.peer.source,
+            peerAddress: sync.peer.address,
+            peerPort: Int(sync.peer.port),
+            listenPort: Int(sync.peer.port),
+            peerIdentity: sync.peer.identity,
+            connections: sync.eventThreads,
+            heartbeatInterval: .nanoseconds(Int64(sync.heartbeatInterval * 1e9)),
+            deadInterval: .nanoseconds(Int64(sync.deadInterval * 1e9)),
+            queueLimit: sync.sendQueueLimit,
+            syncSettings: vrf.syncSettings().map { SyncSettingPair(key: $0.key, value: $0.value) })
+    }
+
+    /// Whether a reload from `self` to `other` needs new sync connections.
+    func differs(from other: SyncSettings) -> Bool {
+        vrf != other.vrf || nodeID != other.nodeID || peerName != other.peerName || source != other.source
+            || peerAddress != other.peerAddress || peerPort != other.peerPort || listenPort != other.listenPort
+            || peerIdentity != other.peerIdentity || connections != other.connections
+            || heartbeatInterval != other.heartbeatInterval || deadInterval != other.deadInterval
+            || queueLimit != other.queueLimit || syncSettings != other.syncSettings
+    }
+}
+
+/// One VRF in the daemon: its dataplane (kept across reloads) and its sync engine.
+final class VRFRuntime {
+    private(set) var config: VRFConfig
+    let dataplane: any Dataplane
+    private(set) var engine: SyncEngine?
+    private(set) var settings: SyncSettings?
+    private(set) var tlsFiles: TLSFiles?
+    private(set) var role: SyncRole = .backup
+    private(set) var lastTakeover: Duration?
+    private let group: any EventLoopGroup
+    private let logger: Logger
+
+    init(config: VRFConfig, dataplane: any Dataplane, group: any EventLoopGroup, logger: Logger) {
+        self.config = config
+        self.dataplane = dataplane
+        self.group = group
+        var logger = logger
+        logger[metadataKey: "vrf"] = "\(config.name)"
+        self.logger = logger
+    }
+
+    /// Starts (or restarts, after a reload that changed the sync settings) the sync engine. The
+    /// dataplane and what it holds stay: a new engine adopts the held entries and the peer
+    /// resyncs them.
+    nonisolated(nonsending) func startSync(routerID: String, role: SyncRole) async throws {
+        if let engine {
+            await engine.shutdown()
+            self.engine = nil
+        }
+        guard let sync = config.sync, let settings = SyncSettings(vrf: config, routerID: routerID) else { return }
+        let tls = try TLSMaterial(caPath: sync.tls.ca, certificatePath: sync.tls.certificate, keyPath: sync.tls.key)
+        let engine = SyncEngine(settings: settings, tls: tls, dataplane: dataplane, group: group, logger: logger)
+        try engine.adoptHeld()
+        engine.setRole(role)
+        self.role = role
+        try await engine.startListening()
+        engine.startSending()
+        self.engine = engine
+        self.settings = settings
+        self.tlsFiles = sync.tls
+    }
+
+    /// Takes a changed configuration of the same VRF; restarts the engine only when its
+    /// settings or TLS files changed.
+    nonisolated(nonsending) func reconfigure(_ new: VRFConfig, routerID: String) async throws {
+        let old = settings
+        config = new
+        let next = SyncSettings(vrf: new, routerID: routerID)
+        let same: Bool
+        switch (old, next) {
+        case (nil, nil): same = true
+        case (let a?, let b?): same = !a.differs(from: b) && tlsFiles == new.sync?.tls
+        default: same = false
+        }
+        if same { return }
+        logger.notice("sync settings changed: restarting the sync connections (the table stays)")
+        try await startSync(routerID: routerID, role: role)
+    }
+
+    /// Backup to master: every synced conntrack forwardable first, then the role (the caller
+    /// moves addresses in between when VRRP drives), then the timeouts re-armed in the background.
+    nonisolated(nonsending) func prepareMaster() async -> Duration? {
+        guard role == .backup, let engine else { return nil }
+        let took = await engine.prepareTakeover()
+        lastTakeover = took
+        return took
+    }
+
+    nonisolated(nonsending) func setRole(_ new: SyncRole) async {
+        guard new != role else { return }
+        if new == .master, lastTakeover == nil || role == .backup {
+            _ = await prepareMaster()
+        }
+        role = new
+        guard let engine else { return }
+        engine.setRole(new)
+        if new == .master { engine.rearmAfterTakeover() }
+    }
+
+    nonisolated(nonsending) func stop() async {
+        if let engine { await engine.shutdown() }
+        engine = nil
+    }
+
+    nonisolated(nonsending) func report(groupName: String?) async -> VRFReport {
+        let stats = await engine?.statistics()
+        let holder = engine?.holderStatistics
+        return VRFReport(
+            name: config.name, netns: config.netns, group: groupName, role: role.rawValue,
+            conntracks: dataplane.count, held: engine?.store.count ?? 0, holdQueue: holder?.queued ?? 0,
+            holdRefused: holder?.refused ?? 0, lastTakeoverSeconds: lastTakeover.map(\.seconds),
+            lastRearm: holder?.lastRearm?.rearmed,
+            connectionsEstablished: stats?.connections.filter { $0.connectionStatus == .established }.count ?? 0,
+            connections: stats?.connections.count ?? 0, dataplaneError: nil)
+    }
+
+    func counts() -> ConntrackCounts {
+        var synced: [String: [String: Int]] = [:]
+        for c in dataplane.snapshot(share: 0, of: 1) {
+            let state = c.proto == .tcp ? "\(c.tcpState)" : "-"
+            synced["\(c.proto)", default: [:]][state, default: 0] += 1
+        }
+        return ConntrackCounts(vrf: config.name, synced: synced, held: engine?.store.count ?? 0)
+    }
+}
+
+extension Duration {
+    var seconds: Double {
+        let c = components
+        return Double(c.seconds) + Double(c.attoseconds) / 1e18
+    }
+}
