@@ -41,6 +41,15 @@ let package = Package(
             name: "CNetfilterConntrack",
             linkerSettings: [.linkedLibrary("netfilter_conntrack"), .linkedLibrary("nfnetlink")]
         ),
+        // libnl-route-3 behind its own C shim (never in one module with libnetfilter_conntrack:
+        // their headers clash). Only NetlinkRoute imports it.
+        .target(
+            name: "CNetlinkRoute",
+            cSettings: [.unsafeFlags(["-I/usr/include/libnl3"])],
+            linkerSettings: [.linkedLibrary("nl-route-3"), .linkedLibrary("nl-3")]
+        ),
+        // Virtual addresses, links and their events, macvlan for use_vmac, per namespace.
+        .target(name: "NetlinkRoute", dependencies: ["CNetlinkRoute"], swiftSettings: strict),
         // The thin Swift wrapper: dump, events, batched create and delete, per namespace.
         .target(name: "NetfilterConntrack", dependencies: ["CNetfilterConntrack", "ConntrackModel"], swiftSettings: strict),
         // The kernel's conntrack table of a VRF (its network namespace) behind `Dataplane`.
@@ -132,6 +141,7 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        .testTarget(name: "NetlinkRouteTests", dependencies: ["NetlinkRoute", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "KeepstateCLITests", dependencies: ["KeepstateCLI", "Config"], swiftSettings: strict),
         .testTarget(
             name: "DaemonTests",

@@ -7,18 +7,18 @@ struct Builder {
     let files: [SourceFile]
     let defaultRouterID: () -> String
 
-    private mutating func error(_ at: Token, _ message: String) {
+    mutating func error(_ at: Token, _ message: String) {
         errors.append(ConfigError(at: at.location, message))
     }
 
-    private func whereIs(_ first: Token, from other: Token) -> String {
+    func whereIs(_ first: Token, from other: Token) -> String {
         first.location.file == other.location.file
             ? "line \(first.location.line)"
             : "\(first.location.file):\(first.location.line)"
     }
 
     /// Non-repeatable children by name; reports duplicates (naming the first one's line).
-    private mutating func fields(_ st: Statement) -> [String: Statement] {
+    mutating func fields(_ st: Statement) -> [String: Statement] {
         var seen: [String: Statement] = [:]
         for child in st.children {
             if let first = seen[child.name] {
@@ -34,7 +34,7 @@ struct Builder {
         return seen
     }
 
-    private mutating func require(_ f: [String: Statement], _ names: [String], in st: Statement) -> Bool {
+    mutating func require(_ f: [String: Statement], _ names: [String], in st: Statement) -> Bool {
         var ok = true
         for n in names where f[n] == nil {
             error(st.keyword, "missing required '\(n)' in \(st.name)")
@@ -45,7 +45,7 @@ struct Builder {
 
     // MARK: value parsers
 
-    private mutating func nonEmpty(_ t: Token, _ what: String) -> String? {
+    mutating func nonEmpty(_ t: Token, _ what: String) -> String? {
         if t.text.isEmpty || t.text.unicodeScalars.contains("\0") {
             error(t, "invalid \(what) \(t.display); expected a non-empty value")
             return nil
@@ -53,7 +53,7 @@ struct Builder {
         return t.text
     }
 
-    private mutating func integer(_ st: Statement, _ range: ClosedRange<Int>, unit: String = "") -> Int? {
+    mutating func integer(_ st: Statement, _ range: ClosedRange<Int>, unit: String = "") -> Int? {
         guard let t = st.arg else { return nil }
         let expected = "an integer\(unit) in \(range.lowerBound)...\(range.upperBound)"
         guard !t.text.isEmpty, t.text.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
@@ -67,7 +67,7 @@ struct Builder {
         return v
     }
 
-    private mutating func decimal(_ st: Statement, _ range: ClosedRange<Double>?) -> Double? {
+    mutating func decimal(_ st: Statement, _ range: ClosedRange<Double>?) -> Double? {
         guard let t = st.arg else { return nil }
         let rangeText = range.map { " in \(fmt($0.lowerBound))...\(fmt($0.upperBound))" } ?? ""
         let expected = "a decimal number of seconds\(rangeText)"
@@ -86,7 +86,7 @@ struct Builder {
     }
 
     /// Address family (4 or 6) of a valid IP literal, via inet_pton.
-    private mutating func ip(_ st: Statement) -> (String, Int)? {
+    mutating func ip(_ st: Statement) -> (String, Int)? {
         guard let t = st.arg else { return nil }
         if !t.text.unicodeScalars.contains("\0") && t.text.utf8.count < 64 {
             var a4 = in_addr()
@@ -98,7 +98,7 @@ struct Builder {
         return nil
     }
 
-    private mutating func path(_ st: Statement) -> String? {
+    mutating func path(_ st: Statement) -> String? {
         guard let t = st.arg, let p = nonEmpty(t, "path for '\(st.name)'") else { return nil }
         let dir = t.fileIndex < files.count ? files[t.fileIndex].directory : Paths.currentDirectory
         return Paths.resolve(p, relativeTo: dir)
@@ -109,11 +109,16 @@ struct Builder {
     mutating func build(_ top: [Statement], sources: [String]) -> KeepstateConfig {
         var routerID: String?
         var globalDefs: Statement?
+        var globals = VRRPGlobals()
         var groups: [HAGroupConfig] = []
-        var groupTokens: [String: Token] = [:]
         var vrfs: [VRFConfig] = []
         var vrfTokens: [String: Token] = [:]
         var listenRefs: [Token] = []
+        // ha_group, vrrp_instance and vrrp_sync_group names share one namespace (listen_ha_group).
+        var names = NameTable()
+        var scriptStatements: [Statement] = []
+        var instanceStatements: [(Statement, declared: Bool)] = []
+        var syncGroupStatements: [(Statement, declared: Bool)] = []
 
         for st in top {
             switch st.name {
@@ -125,6 +130,7 @@ struct Builder {
                 globalDefs = st
                 let f = fields(st)
                 if let t = f["router_id"]?.arg { routerID = nonEmpty(t, "router_id") }
+                globals = buildGlobals(f)
             case "ha_group":
                 guard let nameTok = st.arg else { continue }
                 let f = fields(st)
@@ -135,11 +141,7 @@ struct Builder {
                 }
                 _ = require(f, ["static_state"], in: st)
                 guard let name = nonEmpty(nameTok, "ha_group name") else { continue }
-                if let first = groupTokens[name] {
-                    error(nameTok, "duplicate ha_group name '\(name)'; first declared at \(whereIs(first, from: nameTok))")
-                    continue
-                }
-                groupTokens[name] = nameTok
+                guard declare(name, .staticGroup, nameTok, in: &names) else { continue }
                 if let state { groups.append(HAGroupConfig(name: name, staticState: state, location: st.keyword.location)) }
             case "vrf":
                 guard let nameTok = st.arg else { continue }
@@ -154,24 +156,58 @@ struct Builder {
                 }
                 vrfTokens[nameTok.text] = nameTok
                 if let vrf { vrfs.append(vrf) }
+            case "vrrp_script":
+                scriptStatements.append(st)
+            case "vrrp_instance", "vrrp_sync_group":
+                guard let nameTok = st.arg else { continue }
+                let kind: HAGroupKind = st.name == "vrrp_instance" ? .vrrpInstance : .vrrpSyncGroup
+                let declared = nonEmpty(nameTok, "\(st.name) name").map { declare($0, kind, nameTok, in: &names) } ?? false
+                if kind == .vrrpInstance { instanceStatements.append((st, declared)) } else { syncGroupStatements.append((st, declared)) }
             default:
                 break // the splitter only yields known keywords
             }
         }
-        for ref in listenRefs where groupTokens[ref.text] == nil {
-            error(ref, "unknown HA group '\(ref.text)'; declare it with ha_group \(ref.text) { static_state ... }")
+        let vrrp = buildVRRP(globals: globals, scripts: scriptStatements, instances: instanceStatements,
+                             syncGroups: syncGroupStatements)
+        for ref in listenRefs where names.first[ref.text] == nil {
+            let known = names.order.map { "\($0.kind) '\($0.name)'" }
+            let list = known.isEmpty ? "none is declared" : "declared: " + known.joined(separator: ", ")
+            error(ref, "unknown HA group '\(ref.text)'; expected the name of an ha_group, vrrp_instance or vrrp_sync_group (\(list))")
         }
-        return KeepstateConfig(routerID: routerID ?? defaultRouterID(), haGroups: groups, vrfs: vrfs, sources: sources)
+        return KeepstateConfig(routerID: routerID ?? defaultRouterID(), haGroups: groups, vrfs: vrfs, sources: sources,
+                               vrrpGlobals: globals, vrrpScripts: vrrp.scripts, vrrpInstances: vrrp.instances,
+                               vrrpSyncGroups: vrrp.syncGroups)
     }
 
-    private func isValidVRFName(_ s: String) -> Bool {
+    /// Names of ha_group, vrrp_instance and vrrp_sync_group in declaration order.
+    struct NameTable {
+        var first: [String: (kind: HAGroupKind, token: Token)] = [:]
+        var order: [(kind: HAGroupKind, name: String)] = []
+    }
+
+    /// Registers a name; reports a duplicate (same kind or another kind) and returns false.
+    mutating func declare(_ name: String, _ kind: HAGroupKind, _ token: Token, in names: inout NameTable) -> Bool {
+        if let first = names.first[name] {
+            if first.kind == kind {
+                error(token, "duplicate \(kind) name '\(name)'; first declared at \(whereIs(first.token, from: token))")
+            } else {
+                error(token, "\(kind) name '\(name)' is already used by the \(first.kind) declared at \(whereIs(first.token, from: token)); ha_group, vrrp_instance and vrrp_sync_group names must be unique (listen_ha_group refers to them by name)")
+            }
+            return false
+        }
+        names.first[name] = (kind, token)
+        names.order.append((kind, name))
+        return true
+    }
+
+    func isValidVRFName(_ s: String) -> Bool {
         let u = s.utf8
         return (1...32).contains(u.count) && u.allSatisfy { c in
             (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x5F || c == 0x2E || c == 0x2D
         }
     }
 
-    private mutating func buildVRF(_ st: Statement, listenRefs: inout [Token]) -> VRFConfig? {
+    mutating func buildVRF(_ st: Statement, listenRefs: inout [Token]) -> VRFConfig? {
         let f = fields(st)
         var ok = true
         var netns: String?
@@ -220,7 +256,7 @@ struct Builder {
         return VRFConfig(name: name, netns: netns, sync: sync, timeouts: timeouts, delays: delays, location: st.keyword.location)
     }
 
-    private mutating func buildSync(_ st: Statement, listenRefs: inout [Token]) -> SyncConfig? {
+    mutating func buildSync(_ st: Statement, listenRefs: inout [Token]) -> SyncConfig? {
         let f = fields(st)
         var ok = require(f, ["peer", "listen_ha_group", "tls"], in: st)
 
@@ -279,7 +315,7 @@ struct Builder {
                           heartbeatInterval: heartbeat, deadInterval: dead, sendQueueLimit: queue)
     }
 
-    private mutating func buildPeer(_ st: Statement) -> PeerConfig? {
+    mutating func buildPeer(_ st: Statement) -> PeerConfig? {
         let f = fields(st)
         var ok = require(f, ["source", "address"], in: st)
         let source = f["source"].flatMap { ip($0) }

@@ -8,16 +8,41 @@ public struct KeepstateConfig: Sendable, Equatable {
     public var vrfs: [VRFConfig]
     /// Every file read (the main file first, then includes in reading order).
     public var sources: [String]
+    /// The VRRP settings of `global_defs` (defaults when there are none).
+    public var vrrpGlobals: VRRPGlobals
+    /// `vrrp_script` blocks in file order.
+    public var vrrpScripts: [VRRPScriptSpec]
+    /// `vrrp_instance` blocks in file order.
+    public var vrrpInstances: [VRRPInstanceSpec]
+    /// `vrrp_sync_group` blocks in file order.
+    public var vrrpSyncGroups: [VRRPSyncGroupSpec]
 
-    public init(routerID: String, haGroups: [HAGroupConfig] = [], vrfs: [VRFConfig] = [], sources: [String] = []) {
+    public init(routerID: String, haGroups: [HAGroupConfig] = [], vrfs: [VRFConfig] = [], sources: [String] = [],
+                vrrpGlobals: VRRPGlobals = VRRPGlobals(), vrrpScripts: [VRRPScriptSpec] = [],
+                vrrpInstances: [VRRPInstanceSpec] = [], vrrpSyncGroups: [VRRPSyncGroupSpec] = []) {
         self.routerID = routerID
         self.haGroups = haGroups
         self.vrfs = vrfs
         self.sources = sources
+        self.vrrpGlobals = vrrpGlobals
+        self.vrrpScripts = vrrpScripts
+        self.vrrpInstances = vrrpInstances
+        self.vrrpSyncGroups = vrrpSyncGroups
     }
 
     public func haGroup(named name: String) -> HAGroupConfig? { haGroups.first { $0.name == name } }
     public func vrf(named name: String) -> VRFConfig? { vrfs.first { $0.name == name } }
+    public func vrrpInstance(named name: String) -> VRRPInstanceSpec? { vrrpInstances.first { $0.name == name } }
+    public func vrrpSyncGroup(named name: String) -> VRRPSyncGroupSpec? { vrrpSyncGroups.first { $0.name == name } }
+    public func vrrpScript(named name: String) -> VRRPScriptSpec? { vrrpScripts.first { $0.name == name } }
+
+    /// What a `listen_ha_group` name refers to (the three kinds share one namespace).
+    public func haGroupKind(named name: String) -> HAGroupKind? {
+        if haGroup(named: name) != nil { return .staticGroup }
+        if vrrpInstance(named: name) != nil { return .vrrpInstance }
+        if vrrpSyncGroup(named: name) != nil { return .vrrpSyncGroup }
+        return nil
+    }
 }
 
 public enum HAState: String, Sendable, Equatable {
@@ -86,6 +111,8 @@ public struct SyncConfig: Sendable, Equatable {
     public static let defaultSendQueueLimit = 1_048_576
 
     public var peer: PeerConfig
+    /// The `ha_group`, `vrrp_instance` or `vrrp_sync_group` whose state this VRF follows
+    /// (`KeepstateConfig.haGroupKind(named:)` tells which).
     public var listenHAGroup: String
     public var eventThreads: Int
     public var tls: TLSFiles

@@ -118,6 +118,11 @@ public actor KeepstateDaemon {
     // MARK: VRFs
 
     private func startVRF(_ vrf: VRFConfig) async {
+        if let name = groupName(of: vrf), groups[name] == nil {
+            failed[vrf.name] = "listen_ha_group \(name) is a VRRP group, and this build does not run VRRP yet"
+            logger.error("VRF not started", metadata: ["vrf": "\(vrf.name)", "error": "\(failed[vrf.name]!)"])
+            return
+        }
         do {
             let dataplane = try options.dataplaneFactory(vrf)
             let runtime = VRFRuntime(config: vrf, dataplane: dataplane, group: eventLoops, logger: logger)

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import Config
 
+private let allowedTop = "global_defs, ha_group, vrf, vrrp_script, vrrp_sync_group, vrrp_instance"
 private let allowedSync = "peer, listen_ha_group, event_threads, tls, heartbeat_interval, dead_interval, send_queue_limit"
 
 @Suite struct ValidationTests {
@@ -41,14 +42,22 @@ private let allowedSync = "peer, listen_ha_group, event_threads, tls, heartbeat_
 
     @Test func unknownTopLevelKeywordListsAllowed() {
         #expect(errorLines("  bogus x y\n") == [
-            "t.conf:1:3: error: unknown keyword 'bogus' in top level; expected one of: global_defs, ha_group, vrf",
+            "t.conf:1:3: error: unknown keyword 'bogus' in top level; expected one of: \(allowedTop)",
         ])
     }
 
-    @Test(arguments: ["vrrp_instance", "vrrp_sync_group", "vrrp_script", "virtual_server"])
-    func unsupportedKeywords(keyword: String) {
-        let text = "ha_group g { static_state MASTER }\n\(keyword) VI_1 {\n  state MASTER\n}\nvrf v { }\n"
-        #expect(errorLines(text) == ["t.conf:2:1: error: '\(keyword)' is not supported yet by this version of keepstate"])
+    @Test(arguments: [
+        ("virtual_server", "LVS/IPVS load balancing is not implemented"),
+        ("virtual_server_group", "LVS/IPVS load balancing is not implemented"),
+        ("vrrp_track_process", "only vrrp_script tracking is implemented"),
+        ("track_file", "only vrrp_script tracking is implemented"),
+        ("bfd_instance", "only vrrp_script tracking is implemented"),
+        ("static_ipaddress", "keepstate manages only the virtual addresses of its VRRP instances"),
+    ])
+    func unsupportedKeywords(keyword: String, reason: String) {
+        // The whole statement, block included, is skipped: no further errors from its content.
+        let text = "ha_group g { static_state MASTER }\n\(keyword) VI_1 80 {\n  state MASTER\n}\nvrf v { }\n"
+        #expect(errorLines(text) == ["t.conf:2:1: error: '\(keyword)' is not supported by keepstate: \(reason)"])
     }
 
     @Test func missingRequiredKeysAtBlockKeyword() {
@@ -74,7 +83,7 @@ private let allowedSync = "peer, listen_ha_group, event_threads, tls, heartbeat_
     @Test func unknownHAGroup() {
         let text = syncWith("").replacingOccurrences(of: "listen_ha_group g", with: "listen_ha_group nope")
         #expect(errorLines(text) == [
-            "t.conf:5:25: error: unknown HA group 'nope'; declare it with ha_group nope { static_state ... }",
+            "t.conf:5:25: error: unknown HA group 'nope'; expected the name of an ha_group, vrrp_instance or vrrp_sync_group (declared: ha_group 'g')",
         ])
     }
 
@@ -172,7 +181,7 @@ private let allowedSync = "peer, listen_ha_group, event_threads, tls, heartbeat_
         #expect(errorLines("vrf v netns x\n") == ["t.conf:1:7: error: expected '{' after 'vrf v', found 'netns'"])
         #expect(errorLines("vrf v\n{ }\n") == [
             "t.conf:1:1: error: expected '{' after 'vrf v', found end of line",
-            "t.conf:2:1: error: unexpected '{'; expected a keyword (one of: global_defs, ha_group, vrf)",
+            "t.conf:2:1: error: unexpected '{'; expected a keyword (one of: \(allowedTop))",
         ])
         #expect(errorLines("vrf { netns x }") == ["t.conf:1:5: error: 'vrf' expects 1 argument, found '{'"])
         #expect(errorLines("vrf v { conntrack_timeouts 5 }") == [
