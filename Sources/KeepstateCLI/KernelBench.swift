@@ -142,7 +142,10 @@ enum KernelBench {
         }
         let initial = (clock.now - t).seconds
         let heldCount = try dp2.held(above: HoldSettings().threshold).count
-        guard heldCount == n else { throw FileOutput.Refused(description: "the backup's kernel holds \(heldCount) of \(n)") }
+        guard heldCount == n else {
+            let h = e2.holderStatistics
+            throw FileOutput.Refused(description: "the backup's kernel holds \(heldCount) of \(n) (holder: written \(h?.written ?? 0), refused \(h?.refused ?? 0), failed batches \(h?.failedBatches ?? 0), last error \(h?.lastError ?? "none"))")
+        }
 
         // Every connection lost: each share resyncs; nothing changed, so nothing is rewritten.
         let before = await e2.statistics().localNode.resyncsCompleted
