@@ -27,6 +27,9 @@ let package = Package(
     targets: [
         // Value types: tuples, NAT, state, the per-VRF table. No I/O.
         .target(name: "ConntrackModel", swiftSettings: strict),
+        // The HA sync rules (which conntracks are synced, with which timeout; delays, failover
+        // re-arm, forced synchronization). Pure: time and randomness come from the caller.
+        .target(name: "SyncPolicy", dependencies: ["ConntrackModel"], swiftSettings: strict),
         // Wire format and pure session state machines. ByteBuffer only, no sockets.
         .target(
             name: "SyncProtocol",
@@ -119,6 +122,7 @@ let package = Package(
         .executableTarget(name: "keepstate", dependencies: ["KeepstateCLI"], swiftSettings: strict),
 
         .testTarget(name: "ConntrackModelTests", dependencies: ["ConntrackModel"], swiftSettings: strict),
+        .testTarget(name: "SyncPolicyTests", dependencies: ["SyncPolicy", "ConntrackModel"], swiftSettings: strict),
         .testTarget(
             name: "SyncProtocolTests",
             dependencies: ["SyncProtocol", "ConntrackModel", .product(name: "NIOCore", package: "swift-nio")],
