@@ -26,6 +26,11 @@ final class ShareConnection: @unchecked Sendable {
     private var backoff = ReconnectBackoff()
     private var rng: SplitMix64
     private var channel: (any Channel)?
+    /// A connection attempt is under way (at most one at a time).
+    private var connectInFlight = false
+    /// The channel whose hello went out: heartbeats go only there (a heartbeat before the hello
+    /// would be refused).
+    private var helloChannel: ObjectIdentifier?
     private var timer: RepeatedTask?
     private var stopped = false
     private var pumpScheduled = false
@@ -101,9 +106,12 @@ final class ShareConnection: @unchecked Sendable {
     // MARK: connecting
 
     private func connect() {
-        guard !stopped else { return }
+        guard !stopped, !connectInFlight, channel == nil else { return }
+        connectInFlight = true
         stats.connectionStatus = .connecting
         session = SenderSession()
+        liveness = nil
+        helloChannel = nil
         let context = tls.clientContext
         let handlerOwner = self
         let bootstrap = ClientBootstrap(group: loop)
@@ -127,9 +135,14 @@ final class ShareConnection: @unchecked Sendable {
             connecting = loop.makeFailedFuture(error)
         }
         connecting.whenComplete { [self] result in
+            connectInFlight = false
             switch result {
             case .success(let ch):
                 if stopped { ch.close(promise: nil); return }
+                if let current = channel, current !== ch {
+                    ch.close(promise: nil)
+                    return
+                }
                 channel = ch
             case .failure(let error):
                 stats.lastError = "connect to \(settings.peerAddress):\(peerPort): \(error)"
@@ -151,6 +164,12 @@ final class ShareConnection: @unchecked Sendable {
     // MARK: events from the channel
 
     func tlsEstablished(channel: any Channel, certificate: NIOSSLCertificate?) {
+        // Only the attempt under way may speak (its connect future may complete after this).
+        if let current = self.channel, current !== channel {
+            channel.close(promise: nil)
+            return
+        }
+        self.channel = channel
         if let why = PeerIdentity.mismatch(certificate: certificate, identity: settings.peerIdentity, address: settings.peerAddress) {
             stats.lastError = why
             stats.connectionStatus = .refused
@@ -166,6 +185,7 @@ final class ShareConnection: @unchecked Sendable {
         var buffer = channel.allocator.buffer(capacity: 256)
         buffer.writeSyncMessage(.hello(hello), sequence: session.takeSequence())
         channel.writeAndFlush(buffer, promise: nil)
+        helloChannel = ObjectIdentifier(channel)
         liveness = Liveness(heartbeatInterval: settings.heartbeatInterval, deadInterval: settings.deadInterval, now: .now())
     }
 
@@ -226,6 +246,7 @@ final class ShareConnection: @unchecked Sendable {
         guard self.channel === channel || self.channel == nil else { return }
         self.channel = nil
         liveness = nil
+        helloChannel = nil
         let wasUp = stats.connectionStatus == .established
         sender.setConnected(false)
         if stats.connectionStatus != .refused { stats.connectionStatus = stopped ? .down : .connecting }
@@ -312,7 +333,7 @@ final class ShareConnection: @unchecked Sendable {
     }
 
     private func tick() {
-        guard let channel, var live = liveness else { return }
+        guard let channel, helloChannel == ObjectIdentifier(channel), var live = liveness else { return }
         let now = NIODeadline.now()
         switch live.check(now: now) {
         case .fine:
