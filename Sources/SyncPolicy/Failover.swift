@@ -78,15 +78,26 @@ public struct ReArm: Sendable, Hashable {
     public var dropAt: PolicyInstant?
     /// `checkAndDelete` only: the read the daemon must do at `dropAt`.
     public var dropCheck: DropCheck?
+    /// When the kernel entry expires if unused: the drop instant with `kernelExpiry`, otherwise
+    /// the switch plus R.
+    public var expiresAt: PolicyInstant
 
     public init(key: ConntrackKey, remaining: Duration, countedFrom: PolicyInstant, timeout: UInt32,
-                dropAt: PolicyInstant? = nil, dropCheck: DropCheck? = nil) {
+                dropAt: PolicyInstant? = nil, dropCheck: DropCheck? = nil, expiresAt: PolicyInstant) {
         self.key = key
         self.remaining = remaining
         self.countedFrom = countedFrom
         self.timeout = timeout
         self.dropAt = dropAt
         self.dropCheck = dropCheck
+        self.expiresAt = expiresAt
+    }
+
+    /// The seconds to write when the write happens at `writtenAt` rather than at the switch, so
+    /// that the entry still expires at `expiresAt` (rounded up; at least 1). `timeout` is this
+    /// at the switch.
+    public func timeout(writtenAt: PolicyInstant) -> UInt32 {
+        (expiresAt - writtenAt).kernelSecondsRoundedUp
     }
 }
 
@@ -134,7 +145,8 @@ public struct FailoverPlan: Sendable {
         }
         let policy = settings.policy(for: e.key.proto)
         guard let grace = policy.undefinedGracePeriod, grace < remaining else {
-            return ReArm(key: e.key, remaining: remaining, countedFrom: countedFrom, timeout: remaining.kernelSecondsRoundedUp)
+            return ReArm(key: e.key, remaining: remaining, countedFrom: countedFrom, timeout: remaining.kernelSecondsRoundedUp,
+                         expiresAt: s + remaining)
         }
         let lo = grace.policyNanoseconds
         let hi = min(remaining, grace + policy.effectiveGraceSpread).policyNanoseconds
@@ -143,11 +155,12 @@ public struct FailoverPlan: Sendable {
         switch settings.graceEnforcement {
         case .kernelExpiry:
             return ReArm(key: e.key, remaining: remaining, countedFrom: countedFrom,
-                         timeout: Duration.nanoseconds(delay).kernelSecondsRoundedUp, dropAt: dropAt)
+                         timeout: Duration.nanoseconds(delay).kernelSecondsRoundedUp, dropAt: dropAt, expiresAt: dropAt)
         case .checkAndDelete:
             let written = remaining.kernelSecondsRoundedUp
             return ReArm(key: e.key, remaining: remaining, countedFrom: countedFrom, timeout: written, dropAt: dropAt,
-                         dropCheck: DropCheck(key: e.key, at: dropAt, written: TimeoutObservation(timeout: written, at: s)))
+                         dropCheck: DropCheck(key: e.key, at: dropAt, written: TimeoutObservation(timeout: written, at: s)),
+                         expiresAt: s + remaining)
         }
     }
 

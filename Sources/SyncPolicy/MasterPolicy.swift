@@ -53,26 +53,18 @@ public struct MasterPolicy: Sendable {
     }
     public private(set) var tracker: DelayTracker
     private var synced: Set<ConntrackKey> = []
-    /// The version the next record gets.
-    public private(set) var nextVersion: UInt64
 
-    /// `firstVersion` must exceed every version this VRF's master produced before, as seen by
-    /// the peer: after a restart, start it from the wall clock in nanoseconds (or a persisted
-    /// counter) so that a restarted master's records are not refused.
-    public init(settings: PolicySettings, firstVersion: UInt64 = 1) {
+    public init(settings: PolicySettings) {
         self.settings = settings
         self.tracker = DelayTracker(probing: settings.probing)
-        self.nextVersion = firstVersion
     }
 
     public var syncedCount: Int { synced.count }
     public func isSynced(_ key: ConntrackKey) -> Bool { synced.contains(key) }
 
-    private mutating func makeRecord(_ update: ConntrackUpdate, _ reason: SyncRecord.Reason,
-                                     activity: PolicyInstant? = nil) -> SyncRecord {
-        let r = SyncRecord(update: update, version: nextVersion, reason: reason, activity: activity)
-        nextVersion &+= 1
-        return r
+    private func makeRecord(_ update: ConntrackUpdate, _ reason: SyncRecord.Reason,
+                            activity: PolicyInstant? = nil) -> SyncRecord {
+        SyncRecord(update: update, reason: reason, activity: activity)
     }
 
     /// The conntrack as the peer must see it: rule 2 applied to its timeout.
@@ -152,9 +144,9 @@ public struct MasterPolicy: Sendable {
 
     /// The records of a full resync, from a snapshot of the share taken now: one for each synced
     /// conntrack in it (rule 2 applied: a synced TCP conntrack outside ESTABLISHED carries
-    /// `tcpUndefined`), each with a fresh version. Snapshot entries that are not synced are left
-    /// out: the peer must not hold them.
-    public mutating func resyncRecords(_ snapshot: [Conntrack]) -> [SyncRecord] {
+    /// `tcpUndefined`). Snapshot entries that are not synced are left out: the peer must not
+    /// hold them.
+    public func resyncRecords(_ snapshot: [Conntrack]) -> [SyncRecord] {
         var out: [SyncRecord] = []
         out.reserveCapacity(min(snapshot.count, synced.count))
         for c in snapshot where synced.contains(c.key) {
@@ -200,7 +192,7 @@ public struct MasterPolicy: Sendable {
         }
     }
 
-    /// Forgets every key and candidate (the node stops being master). Versions keep counting.
+    /// Forgets every key and candidate (the node stops being master).
     public mutating func reset() {
         synced.removeAll()
         tracker.removeAll()

@@ -73,7 +73,7 @@ public struct ProtocolPolicy: Sendable, Hashable {
 /// writes it again.
 ///
 /// A held conntrack must not expire while the node is backup, but the kernel has no "never"
-/// timeout. The backup therefore writes `timeout` (default 7 days) with every synced upsert,
+/// timeout. The backup therefore writes `timeout` (default 14 days) with every synced upsert,
 /// and writes it again for every held entry once `rearmInterval` (default 1 day) has passed
 /// since it was last written:
 ///
@@ -84,24 +84,32 @@ public struct ProtocolPolicy: Sendable, Hashable {
 /// ```
 ///
 /// The default hold is longer than any standard kernel state timeout (TCP established: 5
-/// days), and the re-arm keeps the remaining hold above `timeout - rearmInterval` (6 days):
-/// a packet reaching a held entry resets it to its state's timeout, which is then visibly
-/// below the hold countdown (`showsTraffic`).
+/// days), and the re-arm keeps the remaining hold above `timeout - rearmInterval` (13 days),
+/// well above `threshold` (7 days). A packet reaching a held entry resets it to its state's
+/// timeout, which is then below the threshold: an entry above it was written by the hold and
+/// not touched since (`threshold`, `showsTraffic`).
 public struct HoldPolicy: Sendable, Hashable {
-    /// The largest timeout the kernel keeps as written: it stores at most `INT_MAX` jiffies,
-    /// 24.8 days at HZ=1000, and clamps larger values.
+    /// The largest timeout the kernel keeps as written at any HZ up to 1000: it stores at most
+    /// `INT_MAX` jiffies (24.8 days at HZ=1000) and clamps larger values.
     public static let maximumTimeout: UInt32 = 2_147_483
 
-    /// Seconds written as the kernel timeout of every held conntrack (1 to `maximumTimeout`).
+    /// Seconds written as the kernel timeout of every held conntrack (2 to `maximumTimeout`).
     public var timeout: UInt32
-    /// How long after a write the entry must be written again (at most half of `timeout`).
+    /// How long after a write the entry must be written again (at most a quarter of `timeout`,
+    /// so that a held entry never falls to `threshold`).
     public var rearmInterval: Duration
 
-    public init(timeout: UInt32 = 604_800, rearmInterval: Duration = .seconds(86_400)) {
+    public init(timeout: UInt32 = 1_209_600, rearmInterval: Duration = .seconds(86_400)) {
         let t = min(max(timeout, 2), Self.maximumTimeout)
         self.timeout = t
-        self.rearmInterval = min(max(rearmInterval, .seconds(1)), .seconds(Int64(t / 2)))
+        self.rearmInterval = min(max(rearmInterval, .seconds(1)), .seconds(Int64(t / 4)))
     }
+
+    /// An entry whose remaining kernel timeout is above this is held and untouched by traffic
+    /// since its hold was written: half the hold. With the default (7 days) it lies above every
+    /// standard state timeout, so a packet always takes an entry below it. Used where no write
+    /// instant is known: adopting held entries after a restart, and the re-arm after a takeover.
+    public var threshold: UInt32 { timeout / 2 }
 
     /// The conntrack a backup writes into its kernel for a received upsert: the same, with the
     /// hold as timeout. (The synced timeout is kept aside, in a `HeldEntry`, for the failover.)

@@ -2,19 +2,15 @@ public import ConntrackModel
 
 /// One change the master sends to the backup, as the policy decided it.
 ///
-/// **Versions.** Every record gets the next value of one counter per VRF (`MasterPolicy`), at
-/// the moment the policy produces it: live changes, resync records and forced-sync records
-/// alike. A backup applies a record only if its version is at least the one it holds for the
-/// key (`supersedes(storedVersion:)`), so whichever way two records of one key travel, the
-/// one produced later wins. Example, a TCP conntrack leaving ESTABLISHED during a resync:
+/// **Order.** Records carry no version: every record of one conntrack travels on the one sync
+/// connection its key hashes to, and the daemon hands the policy's records to that connection
+/// in the order the policy produced them (one serial executor per VRF). A resync's records are
+/// taken from a snapshot that already reflects every record handed over before it, and every
+/// record produced after it is sent after the resync's records. So the last record of a key the
+/// backup receives is always the one produced last (see docs/semantics.md, "Ordering").
 ///
-/// ```
-///   master:  resync record v41 (ESTABLISHED, 431990 s) ... update v57 (FIN_WAIT, tcp_undefined)
-///   backup:  receives v57 first, then v41: v41 < v57, refused; the entry keeps tcp_undefined
-/// ```
-///
-/// For "later wins" to mean "fresher wins", each conntrack handed to the policy must be at
-/// least as recent as every change it processed before (calls are serialized per VRF).
+/// For "produced last" to mean "freshest", each conntrack handed to the policy must be at least
+/// as recent as every change it processed before (calls are serialized per VRF).
 ///
 /// **Activity.** `activity` is set only by a forced synchronization: the instant, on the
 /// master's clock, at which `conntrack.timeout` was read. On the wire it travels as an age
@@ -50,14 +46,12 @@ public struct SyncRecord: Sendable, Hashable {
     /// The change, in the form the wire carries (`ConntrackUpdate`). For an upsert, the
     /// conntrack's `timeout` is the one the peer must remember as current (rules 1 and 2).
     public var update: ConntrackUpdate
-    public var version: UInt64
     public var reason: Reason
     /// Forced synchronization only: when the carried timeout was read (the master's clock).
     public var activity: PolicyInstant?
 
-    public init(update: ConntrackUpdate, version: UInt64, reason: Reason, activity: PolicyInstant? = nil) {
+    public init(update: ConntrackUpdate, reason: Reason, activity: PolicyInstant? = nil) {
         self.update = update
-        self.version = version
         self.reason = reason
         self.activity = activity
     }
@@ -68,14 +62,6 @@ public struct SyncRecord: Sendable, Hashable {
     public var conntrack: Conntrack? {
         if case .upsert(let c) = update { return c }
         return nil
-    }
-
-    /// Whether a backup holding `storedVersion` for this key (nil: it holds nothing) applies
-    /// this record. Equal versions come from the same production and may be applied again
-    /// (a resync re-sending a record must still count as carried).
-    public func supersedes(storedVersion: UInt64?) -> Bool {
-        guard let stored = storedVersion else { return true }
-        return version >= stored
     }
 
     /// The activity stamp's age when the record is encoded at `now` on the master (never

@@ -82,6 +82,23 @@ import Testing
         #expect(r.timeout == 1)
     }
 
+    /// The write of a re-arm may come after the switch: the timeout written then still ends at
+    /// the planned instant.
+    @Test func timeoutWrittenLaterEndsAtThePlannedInstant() throws {
+        let plain = Self.reArm(HeldEntry(key: udp(1).key, timeout: 170), Self.settings())
+        #expect(plain.expiresAt == at(1170))
+        #expect(plain.timeout(writtenAt: at(1000)) == plain.timeout)
+        #expect(plain.timeout(writtenAt: at(1002.5)) == 168)      // 167.5, rounded up
+        #expect(plain.timeout(writtenAt: at(2000)) == 1)          // never below the kernel's minimum
+        let stamped = Self.reArm(HeldEntry(key: udp(1).key, timeout: 170, activity: at(990)), Self.settings())
+        #expect(stamped.expiresAt == at(1160))
+        #expect(stamped.timeout(writtenAt: at(1001)) == 159)
+        let grace = Self.reArm(HeldEntry(key: udp(1).key, timeout: 180), Self.settings(udpGrace: 10))
+        let drop = try #require(grace.dropAt)
+        #expect(grace.expiresAt == drop)
+        #expect(Duration.seconds(Int64(grace.timeout(writtenAt: at(1003)))) >= drop - at(1003))
+    }
+
     /// 10,000 conntracks at one failover: every drop inside [S+G, S+G+W), each tenth of the
     /// window holding 10% ± 2% of them.
     @Test(arguments: [GraceEnforcement.kernelExpiry, .checkAndDelete])

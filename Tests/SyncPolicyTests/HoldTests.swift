@@ -6,8 +6,9 @@ import Testing
 @Suite struct HoldTests {
     @Test func defaults() {
         let h = HoldPolicy()
-        #expect(h.timeout == 604_800)
+        #expect(h.timeout == 1_209_600)
         #expect(h.rearmInterval == .seconds(86_400))
+        #expect(h.threshold == 604_800)
         // Above the kernel's longest standard state timeout (TCP established, 5 days), even
         // right before a re-arm.
         #expect(Int64(h.timeout) - 86_400 > 432_000)
@@ -16,7 +17,7 @@ import Testing
 
     @Test func clamps() {
         #expect(HoldPolicy(timeout: 10_000_000).timeout == HoldPolicy.maximumTimeout)
-        #expect(HoldPolicy(timeout: 100, rearmInterval: .seconds(3600)).rearmInterval == .seconds(50))
+        #expect(HoldPolicy(timeout: 100, rearmInterval: .seconds(3600)).rearmInterval == .seconds(25))
         #expect(HoldPolicy(timeout: 0).timeout == 2)
         #expect(HoldPolicy(rearmInterval: .zero).rearmInterval == .seconds(1))
     }
@@ -25,7 +26,7 @@ import Testing
         let h = HoldPolicy()
         let c = tcp(1, state: .finWait, timeout: 10)
         var expected = c
-        expected.timeout = 604_800
+        expected.timeout = 1_209_600
         #expect(h.kernelEntry(for: c) == expected)
     }
 
@@ -40,7 +41,7 @@ import Testing
     @Test func trafficOnAHeldEntryShows() {
         let h = HoldPolicy()
         let w = at(100)
-        var timer = KernelTimer(fullSeconds: 604_800, lastPacketAt: at(100).nanoseconds)
+        var timer = KernelTimer(fullSeconds: Int64(h.timeout), lastPacketAt: at(100).nanoseconds)
         for dt in [0.0, 0.4, 1, 3_600.7, 80_000.2] {
             let t = at(100 + dt)
             #expect(!h.showsTraffic(observedTimeout: timer.read(at: t.nanoseconds), writtenAt: w, at: t), "\(dt)")

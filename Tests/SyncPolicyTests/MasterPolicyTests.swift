@@ -30,12 +30,11 @@ import Testing
     @Test func leavingEstablishedCarriesTCPUndefined() throws {
         for undefined in [10, 20] {
             var p = MasterPolicy(settings: Self.settings(tcpUndefined: undefined))
-            let first = try #require(p.changed(tcp(1), at: at(0)).record)
+            _ = try #require(p.changed(tcp(1), at: at(0)).record)
             let left = try #require(p.changed(tcp(1, state: .finWait, timeout: 120), at: at(50)).record)
             #expect(left.reason == .leftEstablished)
             #expect(left.conntrack?.timeout == UInt32(undefined))
             #expect(left.conntrack?.tcpState == .finWait)
-            #expect(left.version > first.version)
             // Later closing states keep carrying it.
             let later = try #require(p.changed(tcp(1, state: .timeWait, timeout: 120), at: at(51)).record)
             #expect(later.conntrack?.timeout == UInt32(undefined))
@@ -44,7 +43,6 @@ import Testing
             let gone = try #require(deleted)
             #expect(gone.update == .delete(tcp(1).key))
             #expect(gone.reason == .destroyed)
-            #expect(gone.version > later.version)
             #expect(!p.isSynced(tcp(1).key))
         }
     }

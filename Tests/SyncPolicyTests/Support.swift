@@ -46,18 +46,15 @@ extension Conntrack {
     }
 }
 
-/// A backup's view of records: the latest admitted record per key.
+/// A backup's view of records: the latest record per key, in the order they arrive (the order
+/// the policy produced them: one connection per key keeps it).
 struct BackupModel {
     var held: [ConntrackKey: SyncRecord] = [:]
 
-    /// Applies a record as a backup would; returns whether it was admitted.
-    @discardableResult
-    mutating func apply(_ r: SyncRecord) -> Bool {
-        guard r.supersedes(storedVersion: held[r.key]?.version) else { return false }
+    mutating func apply(_ r: SyncRecord) {
         switch r.update {
         case .upsert: held[r.key] = r
         case .delete: held[r.key] = nil
         }
-        return true
     }
 }
