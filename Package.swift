@@ -81,7 +81,7 @@ let package = Package(
         .target(
             name: "SyncEngine",
             dependencies: [
-                "ConntrackModel", "SyncProtocol", "Dataplane", "PKI",
+                "ConntrackModel", "SyncProtocol", "SyncPolicy", "Dataplane", "PKI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -95,7 +95,7 @@ let package = Package(
         .target(
             name: "Daemon",
             dependencies: [
-                "Config", "ConntrackModel", "Dataplane", "KernelDataplane", "SyncEngine", "SyncProtocol",
+                "Config", "ConntrackModel", "Dataplane", "KernelDataplane", "SyncEngine", "SyncPolicy", "SyncProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -108,8 +108,8 @@ let package = Package(
         .target(
             name: "KeepstateCLI",
             dependencies: [
-                "ConntrackModel", "SyncProtocol", "Dataplane", "SyncEngine", "PKI", "Config", "NetfilterConntrack", "KernelDataplane",
-                "Daemon",
+                "ConntrackModel", "SyncProtocol", "SyncPolicy", "Dataplane", "SyncEngine", "PKI", "Config", "NetfilterConntrack",
+                "KernelDataplane", "Daemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -137,7 +137,7 @@ let package = Package(
         .testTarget(
             name: "SyncEngineTests",
             dependencies: [
-                "SyncEngine", "SyncProtocol", "Dataplane", "ConntrackModel", "PKI", "KernelDataplane", "TestSupport",
+                "SyncEngine", "SyncProtocol", "SyncPolicy", "Dataplane", "ConntrackModel", "PKI", "KernelDataplane", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -146,10 +146,10 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "NetlinkRouteTests", dependencies: ["NetlinkRoute", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "KeepstateCLITests", dependencies: ["KeepstateCLI", "Config"], swiftSettings: strict),
+        .testTarget(name: "KeepstateCLITests", dependencies: ["KeepstateCLI", "Config", "Daemon", "SyncEngine"], swiftSettings: strict),
         .testTarget(
             name: "DaemonTests",
-            dependencies: ["Daemon", "Config", "Dataplane", "ConntrackModel", "SyncEngine", "PKI", "TestSupport",
+            dependencies: ["Daemon", "Config", "Dataplane", "ConntrackModel", "SyncEngine", "SyncPolicy", "PKI", "TestSupport",
                            .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),

@@ -6,6 +6,7 @@
 #include <libnetfilter_conntrack/libnetfilter_conntrack.h>
 #include <libnetfilter_conntrack/libnetfilter_conntrack_tcp.h>
 #include <linux/netlink.h>
+#include <poll.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -384,4 +385,86 @@ int ks_ct_write(struct nfct_handle *h, const ks_ct *cts, int count, int op, int 
         return -1;
     }
     return rejected;
+}
+
+int ks_ct_get(struct nfct_handle *h, const ks_ct *keys, int count, uint32_t seq_base, ks_ct_sink sink, void *context,
+              int *errors) {
+    enum { CHUNK = 128 };
+    int fd = nfct_fd(h);
+    struct collector *c = calloc(1, sizeof *c);
+    char *out = malloc(CHUNK * 256);
+    char *in = malloc(1 << 16);
+    if (!c || !out || !in) { free(c); free(out); free(in); errno = ENOMEM; return -1; }
+    c->sink = sink;
+    c->context = context;
+    for (int i = 0; i < count; i++) errors[i] = ETIMEDOUT;
+    // Answers left from an earlier call that gave up waiting are not ours.
+    while (recv(fd, in, 1 << 16, MSG_DONTWAIT) > 0) {}
+    int found = 0, failed = 0, e = 0;
+    for (int start = 0; start < count && !failed; start += CHUNK) {
+        int n = count - start < CHUNK ? count - start : CHUNK;
+        size_t used = 0;
+        for (int i = start; i < start + n; i++) {
+            struct nf_conntrack *ct = nfct_new();
+            if (!ct) { failed = 1; e = ENOMEM; break; }
+            build(ct, &keys[i], KS_OP_DELETE, 0);   // the tuple and zone only
+            struct nlmsghdr *nlh = (struct nlmsghdr *)(out + used);
+            memset(nlh, 0, NLMSG_HDRLEN + sizeof(struct nfgenmsg));
+            nlh->nlmsg_len = NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(struct nfgenmsg));
+            nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
+            nlh->nlmsg_flags = NLM_F_REQUEST;
+            nlh->nlmsg_seq = seq_base + (uint32_t)i;
+            struct nfgenmsg *nfg = NLMSG_DATA(nlh);
+            nfg->nfgen_family = keys[i].family == 6 ? AF_INET6 : AF_INET;
+            nfg->version = NFNETLINK_V0;
+            nfct_nlmsg_build(nlh, ct);
+            nfct_destroy(ct);
+            used += NLMSG_ALIGN(nlh->nlmsg_len);
+        }
+        if (failed) break;
+        struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+        if (sendto(fd, out, used, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) { failed = 1; e = errno; break; }
+        int answered = 0;
+        while (answered < n) {
+            struct pollfd p = { .fd = fd, .events = POLLIN };
+            int r = poll(&p, 1, 1000);
+            if (r == 0) break;   // the rest stay ETIMEDOUT
+            if (r < 0) { if (errno == EINTR) continue; failed = 1; e = errno; break; }
+            ssize_t len = recv(fd, in, 1 << 16, MSG_DONTWAIT);
+            if (len < 0) {
+                if (errno == EAGAIN || errno == EINTR) continue;
+                if (errno == ENOBUFS) continue;   // answers were dropped: they time out
+                failed = 1; e = errno; break;
+            }
+            for (struct nlmsghdr *nlh = (struct nlmsghdr *)in; NLMSG_OK(nlh, (unsigned)len); nlh = NLMSG_NEXT(nlh, len)) {
+                uint32_t idx = nlh->nlmsg_seq - seq_base;
+                if (idx < (uint32_t)start || idx >= (uint32_t)(start + n) || errors[idx] != ETIMEDOUT) continue;
+                if (nlh->nlmsg_type == NLMSG_ERROR) {
+                    struct nlmsgerr *err = NLMSG_DATA(nlh);
+                    errors[idx] = err->error == 0 ? ENOENT : -err->error;
+                    answered++;
+                } else if ((nlh->nlmsg_type & 0xFF) == IPCTNL_MSG_CT_NEW) {
+                    struct nf_conntrack *ct = nfct_new();
+                    if (!ct) { failed = 1; e = ENOMEM; break; }
+                    if (nfct_nlmsg_parse(nlh, ct) == 0) {
+                        flatten(ct, &c->batch[c->count++], KS_EVENT_NEW);
+                        if (c->count == KS_BATCH) flush(c);
+                        errors[idx] = 0;
+                        found++;
+                    } else {
+                        errors[idx] = EBADMSG;
+                    }
+                    nfct_destroy(ct);
+                    answered++;
+                }
+            }
+            if (failed) break;
+        }
+    }
+    flush(c);
+    free(c);
+    free(out);
+    free(in);
+    if (failed) { errno = e; return -1; }
+    return found;
 }

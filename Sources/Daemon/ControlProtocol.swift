@@ -27,13 +27,22 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     /// `set-state`: the HA group and `master`, `backup` or `auto`.
     public var group: String?
     public var state: String?
+    /// `show-conntracks`: also list the conntracks that are not synced, with their reasons
+    /// (a dump of each VRF's table), at most `limit` per VRF (default 100).
+    public var unsynced: Bool?
+    public var limit: Int?
 
-    public init(command: ControlCommand, vrf: String? = nil, group: String? = nil, state: String? = nil) {
+    public static let defaultUnsyncedLimit = 100
+
+    public init(command: ControlCommand, vrf: String? = nil, group: String? = nil, state: String? = nil,
+                unsynced: Bool? = nil, limit: Int? = nil) {
         self.version = ControlProtocol.version
         self.command = command
         self.vrf = vrf
         self.group = group
         self.state = state
+        self.unsynced = unsynced
+        self.limit = limit
     }
 }
 
@@ -135,10 +144,27 @@ public struct StateReport: Codable, Sendable, Equatable {
 /// Conntrack counts of one VRF (`show conntracks`).
 public struct ConntrackCounts: Codable, Sendable, Equatable {
     public var vrf: String
-    /// Synced (qualifying) conntracks by protocol name, then TCP state or "-".
+    /// By protocol name, then TCP state or "-": on a master the conntracks synced to the peer;
+    /// on a backup those of its own table that would be (they qualify).
     public var synced: [String: [String: Int]]
     /// Held for the peer.
     public var held: Int
+    /// `master` or `backup` (absent from daemons before the sync policy).
+    public var role: String?
+    /// Master: conntracks waiting for their synchronization delay or for traffic after it.
+    public var pending: Int?
+    /// With `unsynced` in the request: the conntracks not synced and why.
+    public var unsynced: UnsyncedListing?
+
+    public init(vrf: String, synced: [String: [String: Int]], held: Int, role: String? = nil, pending: Int? = nil,
+                unsynced: UnsyncedListing? = nil) {
+        self.vrf = vrf
+        self.synced = synced
+        self.held = held
+        self.role = role
+        self.pending = pending
+        self.unsynced = unsynced
+    }
 }
 
 public struct ControlReply: Codable, Sendable, Equatable {

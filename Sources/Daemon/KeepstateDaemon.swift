@@ -158,8 +158,14 @@ public actor KeepstateDaemon {
             return reply
         case .showConntracks:
             if let v = request.vrf, vrfs[v] == nil { return .failure(unknownVRF(v)) }
+            if let limit = request.limit, limit < 0 { return .failure("limit must be 0 or more (got \(limit))") }
+            let unsyncedLimit = request.unsynced == true ? request.limit ?? ControlRequest.defaultUnsyncedLimit : nil
             var reply = ControlReply(ok: true)
-            reply.conntracks = vrfs.keys.sorted().filter { request.vrf == nil || request.vrf == $0 }.compactMap { vrfs[$0]?.counts() }
+            var counts: [ConntrackCounts] = []
+            for name in vrfs.keys.sorted() where request.vrf == nil || request.vrf == name {
+                if let runtime = vrfs[name] { counts.append(await runtime.counts(unsynced: unsyncedLimit)) }
+            }
+            reply.conntracks = counts
             return reply
         case .setState:
             return await setState(group: request.group, state: request.state)
@@ -169,9 +175,9 @@ public actor KeepstateDaemon {
             guard runtime.role == .master, let engine = runtime.engine else {
                 return .failure("VRF \(v) is \(runtime.role.rawValue) here: run the forced synchronization on the master")
             }
-            engine.resyncAll()
-            logger.notice("forced synchronization started", metadata: ["vrf": "\(v)", "conntracks": "\(runtime.dataplane.count)"])
-            return ControlReply(ok: true, message: "synchronization of VRF \(v) started (\(runtime.dataplane.count) conntracks)")
+            // Answer at once; the engine logs the completion (counts and duration).
+            Task { _ = await engine.forcedSync() }
+            return ControlReply(ok: true, message: "synchronization of VRF \(v) started, completion will appear in the log")
         case .reload:
             return await reload()
         }

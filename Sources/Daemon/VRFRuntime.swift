@@ -3,6 +3,7 @@ public import Dataplane
 import Logging
 import NIOCore
 public import SyncEngine
+public import SyncPolicy
 import SyncProtocol
 
 /// Opens a VRF's dataplane: the kernel table of its namespace in the daemon, a memory table in
@@ -40,6 +41,20 @@ extension SyncSettings {
     }
 }
 
+extension PolicySettings {
+    /// The sync rules of one VRF of a validated configuration (`conntrack_timeouts`,
+    /// `ha_delays`); every other setting keeps the policy's default (hold 14 days, grace
+    /// window W = G, `kernelExpiry`).
+    public init(vrf: VRFConfig) {
+        func protocolPolicy(_ d: ProtocolDelays) -> ProtocolPolicy {
+            ProtocolPolicy(synchronizationSeconds: d.synchronization, undefinedGracePeriodSeconds: d.undefinedGracePeriod)
+        }
+        self.init(
+            tcpUndefined: vrf.timeouts.tcpUndefined, tcp: protocolPolicy(vrf.delays.tcp), udp: protocolPolicy(vrf.delays.udp),
+            icmp: protocolPolicy(vrf.delays.icmp))
+    }
+}
+
 /// One VRF in the daemon: its dataplane (kept across reloads) and its sync engine.
 final class VRFRuntime {
     private(set) var config: VRFConfig
@@ -71,7 +86,8 @@ final class VRFRuntime {
         }
         guard let sync = config.sync, let settings = SyncSettings(vrf: config, routerID: routerID) else { return }
         let tls = try TLSMaterial(caPath: sync.tls.ca, certificatePath: sync.tls.certificate, keyPath: sync.tls.key)
-        let engine = SyncEngine(settings: settings, tls: tls, dataplane: dataplane, group: group, logger: logger)
+        let engine = SyncEngine(settings: settings, tls: tls, dataplane: dataplane, group: group, logger: logger,
+                                policy: PolicySettings(vrf: config))
         try engine.adoptHeld()
         engine.setRole(role)
         self.role = role
@@ -136,13 +152,23 @@ final class VRFRuntime {
             connections: stats?.connections.count ?? 0, dataplaneError: nil)
     }
 
-    func counts() -> ConntrackCounts {
+    /// `show conntracks`; with `unsynced`, also the conntracks not synced (a dump of the table).
+    nonisolated(nonsending) func counts(unsynced limit: Int?) async -> ConntrackCounts {
         var synced: [String: [String: Int]] = [:]
-        for c in dataplane.snapshot(share: 0, of: 1) {
+        for c in engine?.syncedConntracks() ?? dataplane.snapshot(share: 0, of: 1) {
             let state = c.proto == .tcp ? "\(c.tcpState)" : "-"
             synced["\(c.proto)", default: [:]][state, default: 0] += 1
         }
-        return ConntrackCounts(vrf: config.name, synced: synced, held: engine?.store.count ?? 0)
+        var out = ConntrackCounts(vrf: config.name, synced: synced, held: engine?.store.count ?? 0, role: role.rawValue)
+        if role == .master { out.pending = engine?.policyStatistics.candidates }
+        if let limit {
+            if let engine {
+                out.unsynced = await engine.unsynced(limit: limit)
+            } else {
+                out.unsynced = UnsyncedListing(role: role.rawValue, note: "this VRF does not sync")
+            }
+        }
+        return out
     }
 }
 

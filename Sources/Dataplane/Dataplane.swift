@@ -14,6 +14,10 @@ public protocol Dataplane: AnyObject, Sendable {
     /// Every conntrack in the table.
     func dump() throws -> [Conntrack]
 
+    /// Reads just the conntracks `keys` name from the table, now (the sync delay's probes):
+    /// their current state and remaining timeout. Keys in neither list went unanswered.
+    func get(_ keys: [ConntrackKey]) throws -> DataplaneReading
+
     /// The conntracks that `ConntrackKey.share(of: count) == share`. Consistent with the change
     /// stream: every change delivered to a subscriber before this call returns is reflected in
     /// the result, and every change not reflected is delivered after.
@@ -43,6 +47,34 @@ public protocol Dataplane: AnyObject, Sendable {
     /// timeout `timeout` returns for it; nil leaves the entry as it is. Only the timeout changes,
     /// so a TCP state reached since the takeover stays.
     func rearm(above threshold: UInt32, timeout: (Conntrack) -> UInt32?) throws -> RearmResult
+}
+
+extension Dataplane {
+    /// A fallback for dataplanes without a way to read single entries: a dump, filtered. The
+    /// kernel and memory dataplanes read just the keys.
+    public func get(_ keys: [ConntrackKey]) throws -> DataplaneReading {
+        let wanted = Set(keys)
+        var out = DataplaneReading()
+        var seen = Set<ConntrackKey>()
+        for c in try dump() where wanted.contains(c.key) {
+            out.found.append(c)
+            seen.insert(c.key)
+        }
+        out.gone = keys.filter { !seen.contains($0) }
+        return out
+    }
+}
+
+/// What `Dataplane.get` found.
+public struct DataplaneReading: Sendable, Equatable {
+    /// The conntracks found, in no particular order.
+    public var found: [Conntrack]
+    /// The keys whose conntrack is gone.
+    public var gone: [ConntrackKey]
+    public init(found: [Conntrack] = [], gone: [ConntrackKey] = []) {
+        self.found = found
+        self.gone = gone
+    }
 }
 
 /// A write error that knows how many entries of a batch the dataplane refused (the others were

@@ -30,6 +30,16 @@ public final class MemoryDataplane: Dataplane {
         state.withLock { $0.table.entries(inShare: share, of: count) }
     }
 
+    public func get(_ keys: [ConntrackKey]) -> DataplaneReading {
+        state.withLock { s in
+            var out = DataplaneReading()
+            for k in keys {
+                if let c = s.table[k] { out.found.append(c) } else { out.gone.append(k) }
+            }
+            return out
+        }
+    }
+
     public subscript(key: ConntrackKey) -> Conntrack? {
         state.withLock { $0.table[key] }
     }

@@ -7,6 +7,7 @@ import NetfilterConntrack
 import NIOPosix
 import PKI
 import SyncEngine
+import SyncPolicy
 
 /// Kernel table measurements (root): batched create, dump and timeout re-arm of N conntracks in
 /// a network namespace made for the run and deleted after it.
@@ -158,7 +159,7 @@ enum KernelBench {
             throw FileOutput.Refused(description: "the backup did not receive \(n) conntracks")
         }
         let initial = (clock.now - t).seconds
-        let heldCount = try dp2.held(above: HoldSettings().threshold).count
+        let heldCount = try dp2.held(above: HoldPolicy().threshold).count
         guard heldCount == n else {
             let h = e2.holderStatistics
             throw FileOutput.Refused(description: "the backup's kernel holds \(heldCount) of \(n) (holder: written \(h?.written ?? 0), refused \(h?.refused ?? 0), failed batches \(h?.failedBatches ?? 0), last error \(h?.lastError ?? "none"))")
@@ -180,7 +181,7 @@ enum KernelBench {
         t = clock.now
         _ = await e2.prepareTakeover()
         let forwardable = (clock.now - t).seconds
-        let inKernel = try dp2.held(above: HoldSettings().threshold).count
+        let inKernel = try dp2.held(above: HoldPolicy().threshold).count
         guard inKernel == n else { throw FileOutput.Refused(description: "after takeover the kernel holds \(inKernel) of \(n)") }
         e2.setRole(.master)
         t = clock.now

@@ -3,7 +3,7 @@ public import Daemon
 import Foundation
 import Logging
 import ServiceLifecycle
-import SyncEngine
+public import SyncEngine
 
 /// Options every command that talks to the daemon shares.
 struct SocketOptions: ParsableArguments {
@@ -133,15 +133,29 @@ struct ShowConntracks: ParsableCommand {
         commandName: "conntracks",
         abstract: "Synced conntracks by protocol and state, and those held for the peer.",
         discussion: """
+            With --unsynced, the master also reads its whole table and lists the conntracks it \
+            does not sync, each with its reason (alg, untracked, not-established, delay-pending, \
+            awaiting-traffic, not-observed; see docs/semantics.md), at most --limit of them, and \
+            counts every one of them per reason.
+
             Example:
               keepstate show conntracks --vrf main
+              keepstate show conntracks --vrf main --unsynced --limit 20
             """)
     @OptionGroup var socket: SocketOptions
     @Option(help: "Only this VRF.") var vrf: String?
+    @Flag(help: "Also list the conntracks that are not synced, with the reason.") var unsynced = false
+    @Option(help: "With --unsynced: list at most this many per VRF (the counts cover all).")
+    var limit = ControlRequest.defaultUnsyncedLimit
     @Flag(help: "The reply as JSON (schema in docs/operations.md).") var json = false
 
+    func validate() throws {
+        if limit < 0 { throw ValidationError("--limit must be 0 or more") }
+    }
+
     func run() throws {
-        try finish(try socket.send(ControlRequest(command: .showConntracks, vrf: vrf)), json: json) { r in
+        let request = ControlRequest(command: .showConntracks, vrf: vrf, unsynced: unsynced ? true : nil, limit: unsynced ? limit : nil)
+        try finish(try socket.send(request), json: json) { r in
             (r.conntracks ?? []).map(ShowRender.conntracks).joined(separator: "\n")
         }
     }
@@ -246,7 +260,27 @@ public enum ShowRender {
                 for st in states.keys.sorted() { out += "            \(st) \(states[st]!)\n" }
             }
         }
+        if let p = c.pending { out += "    pending \(p)\n" }
         out += "    held \(c.held)"
+        if let u = c.unsynced { out += "\n" + unsynced(u) }
+        return out
+    }
+
+    public static func unsynced(_ u: UnsyncedListing) -> String {
+        var out = "    unsynced"
+        if let note = u.note {
+            out += "\n        note \(note)"
+            if u.total == 0 { return out }
+        }
+        out += "\n        read \(u.total), synced \(u.synced), unsynced \(u.counts.values.reduce(0, +))"
+        for reason in u.counts.keys.sorted() { out += "\n        \(reason) \(u.counts[reason]!)" }
+        for e in u.entries {
+            var line = "\n        \(e.reason)"
+            if let t = e.delayEndsIn { line += " (delay ends in \(String(format: "%.1f", t)) s)" }
+            if let t = e.awaitingFor { line += " (no traffic seen for \(String(format: "%.1f", t)) s)" }
+            out += line + ": \(e.conntrack)"
+        }
+        if u.truncated { out += "\n        ... (more not listed: raise --limit)" }
         return out
     }
 }

@@ -30,6 +30,8 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
     /// Writes and dumps; used under `writeLock` (one netlink request at a time).
     private let command: ConntrackNetlink
     private let writeLock = NSLock()
+    /// Gets (the sync delay's probes), on a socket of their own, opened at the first use.
+    private let getter: Mutex<ConntrackNetlink?> = Mutex(nil)
     private let stopped = Atomic<Bool>(false)
     private var thread: Thread?
 
@@ -89,6 +91,15 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         writeLock.lock()
         defer { writeLock.unlock() }
         return try command.dump()
+    }
+
+    public func get(_ keys: [ConntrackKey]) throws -> DataplaneReading {
+        guard !keys.isEmpty else { return DataplaneReading() }
+        return try getter.withLock { socket in
+            if socket == nil { socket = try ConntrackNetlink(netnsPath: netnsPath) }
+            let r = try socket!.get(keys)
+            return DataplaneReading(found: r.found, gone: r.gone)
+        }
     }
 
     public func snapshot(share: Int, of count: Int) -> [Conntrack] {

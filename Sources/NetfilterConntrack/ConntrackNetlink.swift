@@ -114,6 +114,31 @@ public final class ConntrackNetlink: @unchecked Sendable {
         return collector.conntracks
     }
 
+    private var nextSequence: UInt32 = 1
+
+    /// Reads the conntracks `keys` name, with batched get requests (no dump): those found (in
+    /// no particular order), and the keys the kernel reported gone (ENOENT). A key in neither
+    /// was not answered (within a second) or refused. Use a socket of its own for this (one
+    /// opened without events, used for nothing else).
+    public func get(_ keys: [ConntrackKey]) throws(NetfilterError) -> (found: [Conntrack], gone: [ConntrackKey]) {
+        guard !keys.isEmpty else { return ([], []) }
+        let flats = keys.map { Self.flat(Conntrack(family: $0.family, proto: $0.proto, original: $0.original, timeout: 0, zone: $0.zone)) }
+        let collector = Collector(keepEvents: false)
+        var errors = [Int32](repeating: 0, count: flats.count)
+        let base = nextSequence
+        nextSequence &+= UInt32(truncatingIfNeeded: flats.count)
+        let r = withExtendedLifetime(collector) {
+            flats.withUnsafeBufferPointer { cts in
+                errors.withUnsafeMutableBufferPointer {
+                    ks_ct_get(handle, cts.baseAddress, Int32(cts.count), base, Self.sink,
+                              Unmanaged.passUnretained(collector).toOpaque(), $0.baseAddress)
+                }
+            }
+        }
+        guard r >= 0 else { throw NetfilterError(operation: "get", errno: Glibc.errno) }
+        return (collector.conntracks, keys.indices.filter { errors[$0] == ENOENT }.map { keys[$0] })
+    }
+
     /// Reads the events waiting on a non-blocking event socket.
     public func readEvents() throws(NetfilterError) -> [ConntrackEvent] {
         let collector = Collector(keepEvents: true)

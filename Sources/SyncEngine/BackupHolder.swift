@@ -2,27 +2,7 @@ import ConntrackModel
 public import Dataplane
 import Foundation
 import Logging
-
-/// How a backup keeps the conntracks it receives in its dataplane.
-public struct HoldSettings: Sendable, Equatable {
-    /// The timeout a held entry gets in the kernel table: far enough that nothing expires while
-    /// this node is backup (default 14 days; the kernel accepts up to INT_MAX jiffies).
-    public var timeout: UInt32
-    /// Entries are written in batches of at most this many.
-    public var batch: Int
-
-    public init(timeout: UInt32 = 1_209_600, batch: Int = 8192) {
-        self.timeout = max(timeout, 60)
-        self.batch = max(batch, 1)
-    }
-
-    /// An entry whose remaining timeout is above this is held (no packet has refreshed it):
-    /// half the hold timeout, above the kernel's own longest default (TCP established, 5 days).
-    public var threshold: UInt32 { timeout / 2 }
-    /// Every held entry is written again this often while the node is backup, so that its
-    /// remaining timeout never falls to the threshold.
-    public var reholdInterval: Duration { .seconds(Int64(timeout / 4)) }
-}
+import SyncPolicy
 
 /// What the holder has done, for `show peer`.
 public struct HolderStatistics: Sendable, Equatable {
@@ -47,7 +27,7 @@ final class BackupHolder: @unchecked Sendable {
     private enum Job {
         case hold([ConntrackUpdate])
         case rehold
-        case rearm(@Sendable (Conntrack) -> UInt32?)
+        case rearm(@Sendable (Conntrack) -> UInt32?, done: @Sendable () -> Void)
         /// Keys the dataplane refused, written again from the store's current entries.
         case retry([ConntrackKey], attempt: Int)
     }
@@ -56,7 +36,10 @@ final class BackupHolder: @unchecked Sendable {
     /// as refused (the periodic re-hold tries it once more later).
     static let retries = 5
 
-    let settings: HoldSettings
+    /// The hold timeout, its re-arm interval and the threshold above which an entry is held.
+    let policy: HoldPolicy
+    /// Entries are written in batches of at most this many.
+    static let batch = 8192
     private let dataplane: any Dataplane
     private let storeEntries: @Sendable () -> [Conntrack]
     private let logger: Logger
@@ -74,14 +57,14 @@ final class BackupHolder: @unchecked Sendable {
     private let storeLookup: @Sendable (ConntrackKey) -> Conntrack?
     private var stats = HolderStatistics()
 
-    init(settings: HoldSettings, dataplane: any Dataplane, logger: Logger, storeEntries: @escaping @Sendable () -> [Conntrack],
+    init(policy: HoldPolicy, dataplane: any Dataplane, logger: Logger, storeEntries: @escaping @Sendable () -> [Conntrack],
          storeLookup: @escaping @Sendable (ConntrackKey) -> Conntrack?) {
         self.storeLookup = storeLookup
-        self.settings = settings
+        self.policy = policy
         self.dataplane = dataplane
         self.logger = logger
         self.storeEntries = storeEntries
-        nextRehold = Date().addingTimeInterval(Double(settings.timeout / 4))
+        nextRehold = Date().addingTimeInterval(policy.rearmInterval.seconds)
         let t = Thread { [self] in run() }
         t.name = "keepstate-hold-\(dataplane.vrf)"
         t.start()
@@ -107,10 +90,10 @@ final class BackupHolder: @unchecked Sendable {
         cond.unlock()
     }
 
-    /// Queues the re-arm after a takeover.
-    func rearm(_ timeout: @escaping @Sendable (Conntrack) -> UInt32?) {
+    /// Queues the re-arm after a takeover; `done` runs after it (on the holder's thread).
+    func rearm(_ timeout: @escaping @Sendable (Conntrack) -> UInt32?, done: @escaping @Sendable () -> Void = {}) {
         cond.lock()
-        jobs.append(.rearm(timeout))
+        jobs.append(.rearm(timeout, done: done))
         cond.signal()
         cond.unlock()
     }
@@ -169,12 +152,12 @@ final class BackupHolder: @unchecked Sendable {
                 for w in waiters { w.resume() }
                 return
             }
-            // Consecutive held changes go out as one batch of up to `settings.batch`.
+            // Consecutive held changes go out as one batch of up to `Self.batch`.
             var batch: [ConntrackUpdate] = []
             var job: Job?
             while head < jobs.count {
                 if case .hold(let u) = jobs[head] {
-                    if !batch.isEmpty && batch.count + u.count > settings.batch { break }
+                    if !batch.isEmpty && batch.count + u.count > Self.batch { break }
                     batch.append(contentsOf: u)
                     head += 1
                 } else {
@@ -196,7 +179,9 @@ final class BackupHolder: @unchecked Sendable {
             if !batch.isEmpty { write(batch) }
             switch job {
             case .rehold?: rehold()
-            case .rearm(let timeout)?: runRearm(timeout)
+            case .rearm(let timeout, let done)?:
+                runRearm(timeout)
+                done()
             case .retry(let keys, let attempt)?: retry(keys, attempt: attempt)
             case .hold?, nil: break
             }
@@ -218,7 +203,7 @@ final class BackupHolder: @unchecked Sendable {
 
     private func write(_ batch: [ConntrackUpdate], attempt: Int = 0) {
         do {
-            try dataplane.hold(batch, timeout: settings.timeout)
+            try dataplane.hold(batch, timeout: policy.timeout)
             record { $0.written += batch.count }
         } catch {
             let rejection = error as? any DataplaneWriteRejection
@@ -255,13 +240,13 @@ final class BackupHolder: @unchecked Sendable {
         let entries = storeEntries()
         var start = 0
         while start < entries.count {
-            let part = entries[start..<min(start + settings.batch, entries.count)].map { ConntrackUpdate.upsert($0) }
+            let part = entries[start..<min(start + Self.batch, entries.count)].map { ConntrackUpdate.upsert($0) }
             start += part.count
             write(part)
         }
         cond.lock()
         stats.reholds += 1
-        nextRehold = Date().addingTimeInterval(Double(settings.timeout / 4))
+        nextRehold = Date().addingTimeInterval(policy.rearmInterval.seconds)
         cond.unlock()
         logger.debug("re-held synced conntracks", metadata: ["entries": "\(entries.count)"])
     }
@@ -269,7 +254,7 @@ final class BackupHolder: @unchecked Sendable {
     private func runRearm(_ timeout: @Sendable (Conntrack) -> UInt32?) {
         let start = ContinuousClock.now
         do {
-            let result = try dataplane.rearm(above: settings.threshold, timeout: timeout)
+            let result = try dataplane.rearm(above: policy.threshold, timeout: timeout)
             let took = ContinuousClock.now - start
             record {
                 $0.lastRearm = result

@@ -1,10 +1,23 @@
 public import ConntrackModel
+public import NIOCore
+public import SyncPolicy
+public import SyncProtocol
 import Synchronization
 
-/// Which share carried an entry and in which resync epoch.
+/// Which share carried an entry and in which resync epoch, and the activity stamp of a forced
+/// synchronization (12 bytes).
 public struct StoreTag: Sendable, Hashable, BitwiseCopyable {
     public var epoch: UInt32
+    /// 0: no stamp. Otherwise tenths of a second since the store's origin, plus one, rounded
+    /// up (a later stamp keeps the conntrack longer after a failover: the safe side).
+    public var activity: UInt32
     public var share: UInt8
+
+    public init(epoch: UInt32, share: UInt8, activity: UInt32 = 0) {
+        self.epoch = epoch
+        self.activity = activity
+        self.share = share
+    }
 }
 
 /// The conntracks this node holds for its peer, per VRF: what the peer's master table looked
@@ -26,9 +39,29 @@ public final class BackupStore: Sendable {
     /// Receives every change the store makes (applied updates, swept entries as deletes), in the
     /// store's order: it is called under the store's lock, so it must only queue.
     private let onChange: (@Sendable ([ConntrackUpdate]) -> Void)?
+    /// Activity stamps are kept relative to this instant.
+    private let origin: NIODeadline
 
     public init(onChange: (@Sendable ([ConntrackUpdate]) -> Void)? = nil) {
         self.onChange = onChange
+        self.origin = .now()
+    }
+
+    /// The tag value of a stamp taken `age` before `receivedAt` (0 when there is none, or when
+    /// it does not fit: rule 3 then applies, which keeps the conntrack longer).
+    private func stamp(ageMilliseconds age: UInt32?, receivedAt: NIODeadline) -> UInt32 {
+        guard let age else { return 0 }
+        let at = Int64(clamping: receivedAt.uptimeNanoseconds) - Int64(age) * 1_000_000
+        let since = max(at - Int64(clamping: origin.uptimeNanoseconds), 0)
+        let tenths = (since + 99_999_999) / 100_000_000 + 1
+        return tenths < Int64(UInt32.max) ? UInt32(tenths) : 0
+    }
+
+    /// The stamp of a tag as an instant of the engine's policy clock (see `PolicyClock`).
+    private func instant(ofStamp tag: UInt32) -> PolicyInstant? {
+        guard tag != 0 else { return nil }
+        let ns = Int64(clamping: origin.uptimeNanoseconds) + Int64(tag - 1) * 100_000_000
+        return PolicyInstant(nanoseconds: ns)
     }
 
     /// Takes in what the dataplane still held from an earlier run (after a daemon restart), in
@@ -71,35 +104,50 @@ public final class BackupStore: Sendable {
     /// applies nothing) when `epoch` no longer owns the share.
     @discardableResult
     public func apply(_ updates: [ConntrackUpdate], epoch: UInt32, share: Int) -> Bool {
-        let tag = StoreTag(epoch: epoch, share: UInt8(truncatingIfNeeded: share))
+        apply(updates.map { ConntrackRecord($0) }, epoch: epoch, share: share)
+    }
+
+    /// Applies a decoded frame's records, all under one lock acquisition: each upsert replaces
+    /// the entry, its synced timeout and its activity stamp (a record without an age clears
+    /// the stamp). Returns false (and applies nothing) when `epoch` no longer owns the share.
+    @discardableResult
+    public func apply(_ records: [ConntrackRecord], epoch: UInt32, share: Int, receivedAt: NIODeadline = .now()) -> Bool {
+        let s8 = UInt8(truncatingIfNeeded: share)
         return state.withLock { s in
             guard epoch != 0, s.current[share] == epoch else { return false }
-            guard let onChange else {
-                for u in updates {
-                    switch u {
-                    case .upsert(let c): s.table.upsert(c, tag: tag)
-                    case .delete(let k): s.table.remove(k)
-                    }
-                }
-                return true
-            }
             // Only real changes go on: a resync that carries what the store already has (but
             // for the timeout, which the dataplane replaces by the hold timeout anyway) costs
             // no dataplane write.
             var changes: [ConntrackUpdate] = []
-            for u in updates {
-                switch u {
+            for r in records {
+                switch r.update {
                 case .upsert(let c):
-                    let unchanged = s.table[c.key].map { $0.sameExceptTimeout(c) } ?? false
+                    let tag = StoreTag(epoch: epoch, share: s8,
+                                       activity: stamp(ageMilliseconds: r.activityAgeMilliseconds, receivedAt: receivedAt))
+                    let unchanged = onChange == nil || (s.table[c.key].map { $0.sameExceptTimeout(c) } ?? false)
                     s.table.upsert(c, tag: tag)
-                    if !unchanged { changes.append(u) }
+                    if !unchanged { changes.append(r.update) }
                 case .delete(let k):
-                    if s.table.remove(k) != nil { changes.append(u) }
+                    if s.table.remove(k) != nil && onChange != nil { changes.append(r.update) }
                 }
             }
-            if !changes.isEmpty { onChange(changes) }
+            if !changes.isEmpty { onChange?(changes) }
             return true
         }
+    }
+
+    /// What the failover needs of a held conntrack: its synced timeout and activity stamp.
+    public func heldEntry(_ key: ConntrackKey) -> HeldEntry? {
+        state.withLock { s in
+            guard let i = s.table.index(of: key) else { return nil }
+            let c = s.table.entries[i]
+            return HeldEntry(key: key, timeout: c.timeout, activity: instant(ofStamp: s.table.tags[i].activity))
+        }
+    }
+
+    /// Every key held.
+    public func keys() -> [ConntrackKey] {
+        state.withLock { $0.table.entries.map(\.key) }
     }
 
     /// Removes what share `share` of `count` held that epoch `epoch` did not carry, and what

@@ -100,7 +100,7 @@ final class ReceiverHandler: ChannelInboundHandler {
     private var shareCount = 0
     private var epoch: UInt32?
     private var resyncStarted: NIODeadline?
-    private var scratch: [ConntrackUpdate] = []
+    private var scratch: [ConntrackRecord] = []
 
     init(endpoint: ReceiverEndpoint) {
         self.endpoint = endpoint
@@ -183,9 +183,9 @@ final class ReceiverHandler: ChannelInboundHandler {
             if frame.type == .updates {
                 scratch.removeAll(keepingCapacity: true)
                 var payload = frame.payload
-                try payload.readConntrackUpdates(into: &scratch)
+                try payload.readConntrackRecords(into: &scratch)
                 try session.updates(count: scratch.count)
-                if let epoch, let share, !endpoint.store.apply(scratch, epoch: epoch, share: share) {
+                if let epoch, let share, !endpoint.store.apply(scratch, epoch: epoch, share: share, receivedAt: .now()) {
                     // A newer connection owns this share now; this one is closing.
                     session.close()
                     context.close(promise: nil)

@@ -1,5 +1,4 @@
 import ConntrackModel
-import Dataplane
 import Logging
 import NIOCore
 import NIOPosix
@@ -17,7 +16,8 @@ final class ShareConnection: @unchecked Sendable {
     let loop: any EventLoop
     private let settings: SyncSettings
     private let tls: TLSMaterial
-    private let dataplane: any Dataplane
+    /// The share's conntracks for a resync, as the peer must hold them (the policy's view).
+    private let resyncSnapshot: @Sendable (_ share: Int, _ count: Int) -> [Conntrack]
     private var logger: Logger
 
     private var sender: ShareSender
@@ -36,13 +36,17 @@ final class ShareConnection: @unchecked Sendable {
     private var pumpScheduled = false
     private var stats: ConnectionStatistics
     private var peerPort: Int
+    /// Callers waiting for queued updates to be written (a forced synchronization): done once
+    /// `sender.sentTotal` reaches `through`, lost if `sender.queueLosses` moves from `losses`.
+    private var deliveryWaiters: [(through: UInt64, losses: UInt64, promise: EventLoopPromise<Bool>)] = []
 
-    init(index: Int, loop: any EventLoop, settings: SyncSettings, tls: TLSMaterial, dataplane: any Dataplane, logger: Logger, seed: UInt64) {
+    init(index: Int, loop: any EventLoop, settings: SyncSettings, tls: TLSMaterial,
+         resyncSnapshot: @escaping @Sendable (_ share: Int, _ count: Int) -> [Conntrack], logger: Logger, seed: UInt64) {
         self.index = index
         self.loop = loop
         self.settings = settings
         self.tls = tls
-        self.dataplane = dataplane
+        self.resyncSnapshot = resyncSnapshot
         var logger = logger
         logger[metadataKey: "connection"] = "\(index)"
         self.logger = logger
@@ -72,11 +76,15 @@ final class ShareConnection: @unchecked Sendable {
         stats.connectionStatus = .down
         channel?.close(promise: nil)
         channel = nil
+        settleWaiters()
+        for w in deliveryWaiters { w.promise.succeed(false) }
+        deliveryWaiters = []
     }
 
     func setActive(_ master: Bool) {
         loop.preconditionInEventLoop()
         sender.setActive(master)
+        settleWaiters()
         schedulePump()
     }
 
@@ -249,6 +257,7 @@ final class ShareConnection: @unchecked Sendable {
         helloChannel = nil
         let wasUp = stats.connectionStatus == .established
         sender.setConnected(false)
+        settleWaiters()
         if stats.connectionStatus != .refused { stats.connectionStatus = stopped ? .down : .connecting }
         if wasUp && !stopped { logger.warning("sync connection lost; reconnecting, then resyncing this share") }
         scheduleReconnect()
@@ -256,9 +265,11 @@ final class ShareConnection: @unchecked Sendable {
 
     // MARK: sending
 
-    /// Updates from the dataplane for this share, in table order.
-    func enqueue(_ updates: [ConntrackUpdate]) {
-        switch sender.enqueue(updates) {
+    /// Updates for this share, in the order the policy produced them.
+    @discardableResult
+    func enqueue(_ updates: [OutgoingUpdate]) -> ShareSender.EnqueueResult {
+        let result = sender.enqueue(updates)
+        switch result {
         case .queued:
             schedulePump()
         case .dropped:
@@ -267,7 +278,38 @@ final class ShareConnection: @unchecked Sendable {
             stats.queueOverflows += 1
             stats.buildError += UInt64(sender.lastOverflowDropped)
             logger.warning("send queue full; dropping it and resyncing this share", metadata: ["limit": "\(settings.queueLimit)"])
+            settleWaiters()
             schedulePump()
+        }
+        return result
+    }
+
+    /// As `enqueue`; the future tells whether these updates were written to the connection
+    /// (true), or dropped before (false: not master, not connected, queue overflow, or a resync
+    /// that replaced the queue).
+    func enqueueTracked(_ updates: [OutgoingUpdate]) -> EventLoopFuture<Bool> {
+        loop.preconditionInEventLoop()
+        guard !updates.isEmpty else { return loop.makeSucceededFuture(true) }
+        let losses = sender.queueLosses
+        guard enqueue(updates) == .queued else { return loop.makeSucceededFuture(false) }
+        let promise = loop.makePromise(of: Bool.self)
+        deliveryWaiters.append((sender.queuedTotal, losses, promise))
+        settleWaiters()
+        return promise.futureResult
+    }
+
+    private func settleWaiters() {
+        guard !deliveryWaiters.isEmpty else { return }
+        deliveryWaiters.removeAll { w in
+            if sender.queueLosses != w.losses {
+                w.promise.succeed(false)
+                return true
+            }
+            if sender.sentTotal >= w.through {
+                w.promise.succeed(true)
+                return true
+            }
+            return false
         }
     }
 
@@ -287,7 +329,7 @@ final class ShareConnection: @unchecked Sendable {
         loop: while channel.isWritable {
             now = NIODeadline.now()
             let step = sender.next(maxRecords: SyncWire.recordsPerFrame, now: now) {
-                dataplane.snapshot(share: index, of: settings.connections)
+                resyncSnapshot(index, settings.connections)
             }
             switch step {
             case .idle:
@@ -297,7 +339,7 @@ final class ShareConnection: @unchecked Sendable {
                 logger.info("resyncing this share", metadata: ["generation": "\(generation)"])
                 write(.resyncBegin(generation: generation), channel: channel)
             case .resyncRecords(let records):
-                writeUpdates(records.lazy.map { .upsert($0) }, count: records.count, channel: channel)
+                writeUpdates(records.lazy.map { OutgoingUpdate(.upsert($0)) }, count: records.count, now: now, channel: channel)
             case .endResync(let generation, let count, let duration):
                 write(.resyncEnd(generation: generation, count: count), channel: channel)
                 stats.lastResyncDuration = Double(duration.nanoseconds) / 1e9
@@ -305,7 +347,7 @@ final class ShareConnection: @unchecked Sendable {
                 logger.info("resync sent", metadata: ["generation": "\(generation)", "records": "\(count)",
                                                       "duration_ms": "\(duration.nanoseconds / 1_000_000)"])
             case .updates(let updates):
-                writeUpdates(updates, count: updates.count, channel: channel)
+                writeUpdates(updates, count: updates.count, now: now, channel: channel)
             }
             wrote = true
         }
@@ -313,6 +355,7 @@ final class ShareConnection: @unchecked Sendable {
             channel.flush()
             liveness?.sent(at: now)
         }
+        settleWaiters()
     }
 
     private func write(_ message: SyncControlMessage, channel: any Channel) {
@@ -321,10 +364,11 @@ final class ShareConnection: @unchecked Sendable {
         channel.write(buffer, promise: nil)
     }
 
-    private func writeUpdates<C: Collection>(_ updates: C, count: Int, channel: any Channel) where C.Element == ConntrackUpdate {
+    private func writeUpdates<C: Collection>(_ updates: C, count: Int, now: NIODeadline, channel: any Channel)
+    where C.Element == OutgoingUpdate {
         var buffer = channel.allocator.buffer(capacity: count * 40 + 16)
         let at = buffer.beginSyncFrame(.updates, sequence: session.takeSequence())
-        for u in updates { buffer.writeConntrackUpdate(u) }
+        for u in updates { buffer.writeConntrackRecord(u.record(at: now)) }
         buffer.endSyncFrame(lengthAt: at)
         stats.transmit += UInt64(count)
         let promise = loop.makePromise(of: Void.self)

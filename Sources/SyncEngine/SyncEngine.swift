@@ -2,6 +2,7 @@ public import ConntrackModel
 public import Dataplane
 public import Logging
 public import NIOCore
+public import SyncPolicy
 import SyncProtocol
 import Synchronization
 
@@ -12,9 +13,13 @@ public enum SyncRole: String, Sendable, Codable {
 }
 
 /// The sync of one VRF with its peer: a TLS listener that feeds the backup store, and
-/// `connections` TLS connections that carry this node's table to the peer while it is master.
+/// `connections` TLS connections that carry this node's table to the peer while it is master,
+/// as the sync policy decides (docs/semantics.md).
 public final class SyncEngine: Sendable {
     public let settings: SyncSettings
+    /// The sync rules of this VRF; nil: pass-through (every change the dataplane reports goes
+    /// to the peer as it is; for transport tests and benchmarks).
+    public let policy: PolicySettings?
     /// What the peer sent: the conntracks this node would take over on failover.
     public let store: BackupStore
     private let tls: TLSMaterial
@@ -22,21 +27,29 @@ public final class SyncEngine: Sendable {
     private let group: any EventLoopGroup
     private let logger: Logger
     private let connections: [ShareConnection]
+    /// The master side: the policy between the dataplane's changes and the connections.
+    private let gate: MasterGate
     /// Writes what the store receives into the dataplane (nil: the store only keeps it).
     private let holder: BackupHolder?
-    private let state = Mutex<(role: SyncRole, listener: SyncListener?, subscription: DataplaneSubscription?)>((.backup, nil, nil))
+    private let state = Mutex<(role: SyncRole, listener: SyncListener?, switchAt: NIODeadline?, failover: FailoverSummary?,
+                               plan: [ConntrackKey: PolicyInstant]?)>((.backup, nil, nil, nil, nil))
 
     /// With `hold` set (the default), every conntrack received from the peer is also written
     /// into `dataplane` at once, with the hold timeout, so that it is forwardable the moment this
     /// node takes over (see `prepareTakeover`). With nil, the store only keeps it.
+    ///
+    /// `policy` decides which conntracks go to the peer and with which timeout, and how the
+    /// failover re-arms them; nil passes every change on as the dataplane reports it (and
+    /// re-arms with the default rules).
     public init(
         settings: SyncSettings, tls: TLSMaterial, dataplane: any Dataplane, group: any EventLoopGroup,
-        logger: Logger, hold: HoldSettings? = HoldSettings()
+        logger: Logger, hold: HoldPolicy? = HoldPolicy(), policy: PolicySettings? = nil
     ) {
         var logger = logger
         logger[metadataKey: "vrf"] = "\(settings.vrf)"
         logger[metadataKey: "peer"] = "\(settings.peerName)"
         self.settings = settings
+        self.policy = policy
         self.tls = tls
         self.dataplane = dataplane
         self.group = group
@@ -46,7 +59,7 @@ public final class SyncEngine: Sendable {
             // holder, the holder reads the store for a re-hold.
             let box = StoreBox()
             let holder = BackupHolder(
-                settings: hold, dataplane: dataplane, logger: logger, storeEntries: { box.store?.dump() ?? [] },
+                policy: hold, dataplane: dataplane, logger: logger, storeEntries: { box.store?.dump() ?? [] },
                 storeLookup: { box.store?[$0] })
             let store = BackupStore(onChange: { holder.enqueue($0) })
             box.store = store
@@ -56,12 +69,17 @@ public final class SyncEngine: Sendable {
             self.holder = nil
             self.store = BackupStore()
         }
+        let store = self.store
+        let gate = MasterGate(settings: policy, dataplane: dataplane, logger: logger) { store.keys() }
         var seeds = SystemRandomNumberGenerator()
         self.connections = (0..<max(1, settings.connections)).map { i in
             ShareConnection(
-                index: i, loop: group.next(), settings: settings, tls: tls, dataplane: dataplane,
+                index: i, loop: group.next(), settings: settings, tls: tls,
+                resyncSnapshot: { share, count in gate.resyncSnapshot(share: share, of: count) },
                 logger: logger, seed: seeds.next())
         }
+        gate.connections = connections
+        self.gate = gate
     }
 
     public var role: SyncRole { state.withLock { $0.role } }
@@ -72,7 +90,7 @@ public final class SyncEngine: Sendable {
     @discardableResult
     public func adoptHeld() throws -> Int {
         guard let holder else { return 0 }
-        let held = try dataplane.held(above: holder.settings.threshold)
+        let held = try dataplane.held(above: holder.policy.threshold)
         let n = store.adopt(held, shares: connections.count)
         if n > 0 { logger.notice("adopted conntracks held by an earlier run", metadata: ["entries": "\(n)"]) }
         return n
@@ -82,6 +100,7 @@ public final class SyncEngine: Sendable {
     /// conntrack received from the peer so far is in the dataplane, forwardable. Its duration
     /// depends on how many writes were still queued, not on the size of the table.
     public func prepareTakeover() async -> Duration {
+        state.withLock { $0.switchAt = .now() }
         let start = ContinuousClock.now
         if let holder {
             await holder.flush()
@@ -100,23 +119,63 @@ public final class SyncEngine: Sendable {
     }
 
     /// The second half of a takeover, after the virtual addresses moved: the held entries get
-    /// their own timeouts back, counted from now (`timeout` may change that, for the grace
-    /// period and forced synchronization rules; nil leaves an entry held). Runs in the
-    /// background; `holderStatistics` reports it when done.
-    public func rearmAfterTakeover(_ timeout: (@Sendable (Conntrack) -> UInt32?)? = nil) {
+    /// their timeouts back as the failover rules say (docs/semantics.md, rules 3, 5 and 6):
+    /// the synced timeout counted from the switch (the instant `prepareTakeover` began), or from
+    /// a forced synchronization's stamp, with the grace period's random drop instants drawn from
+    /// `seed` (default: at random). Each timeout is computed when it is written, so it still
+    /// ends at the planned instant. Runs in the background; `holderStatistics` and
+    /// `lastFailover` report it when done; with `keepPlan`, `lastFailoverPlan` gives the instant
+    /// each entry was planned to expire at (tests and drills; it costs memory per entry).
+    public func rearmAfterTakeover(seed: UInt64? = nil, keepPlan: Bool = false) {
         guard let holder else { return }
         let store = self.store
-        let threshold = holder.settings.threshold
-        holder.rearm { kernel in
-            if let timeout { return timeout(kernel) }
-            // The synced entry's timeout; an entry adopted from an earlier run has none of its
-            // own (it carries the hold timeout): give it the kernel's default for its kind.
-            guard let synced = store[kernel.key], synced.timeout <= threshold else {
-                return Self.fallbackTimeout(kernel)
-            }
-            return synced.timeout
-        }
+        let threshold = holder.policy.threshold
+        let rules = policy ?? PolicySettings()
+        // The switch `prepareTakeover` recorded (now, if it was not called); used once.
+        let switchAt = PolicyClock.instant(state.withLock { s in
+            defer { s.switchAt = nil }
+            return s.switchAt ?? .now()
+        })
+        let random = RandomBox(seed: seed ?? UInt64.random(in: .min ... .max))
+        let summary = Mutex(FailoverSummary())
+        let plan = Mutex<[ConntrackKey: PolicyInstant]?>(keepPlan ? [:] : nil)
+        holder.rearm(
+            { kernel in
+                // The synced timeout and stamp; an entry adopted from an earlier run has none of
+                // its own (it carries the hold timeout): the kernel's default for its kind.
+                var entry = store.heldEntry(kernel.key)
+                let fallback = entry.map { $0.timeout > threshold } ?? true
+                if fallback { entry = HeldEntry(key: kernel.key, timeout: Self.fallbackTimeout(kernel)) }
+                guard let entry else { return nil }
+                let r = FailoverPlan.reArm(entry, switchAt: switchAt, settings: rules, using: &random.generator)
+                summary.withLock { f in
+                    if fallback { f.fallback += 1 }
+                    if r.countedFrom == switchAt { f.fromSwitch += 1 } else { f.fromStamp += 1 }
+                    if r.dropAt != nil { f.graceDrops += 1 }
+                }
+                if keepPlan { plan.withLock { $0?[kernel.key] = r.expiresAt } }
+                return r.timeout(writtenAt: PolicyClock.now())
+            },
+            done: { [weak self] in
+                let f = summary.withLock { $0 }
+                let p = plan.withLock { $0 }
+                self?.state.withLock { s in
+                    s.failover = f
+                    s.plan = p
+                }
+                self?.logger.notice("failover timeouts", metadata: [
+                    "from_switch": "\(f.fromSwitch)", "from_forced_sync": "\(f.fromStamp)", "grace_drops": "\(f.graceDrops)",
+                    "without_synced_timeout": "\(f.fallback)",
+                ])
+            })
     }
+
+    /// What the last `rearmAfterTakeover` did, once it is done.
+    public var lastFailover: FailoverSummary? { state.withLock { $0.failover } }
+
+    /// The expiry instant planned for each re-armed entry by the last `rearmAfterTakeover`
+    /// that kept its plan (the grace period's drop instant, or the switch plus R).
+    public var lastFailoverPlan: [ConntrackKey: PolicyInstant]? { state.withLock { $0.plan } }
 
     /// The Linux defaults for an established entry of each kind.
     static func fallbackTimeout(_ c: Conntrack) -> UInt32 {
@@ -144,31 +203,14 @@ public final class SyncEngine: Sendable {
         return listener.port
     }
 
-    /// Subscribes to the dataplane and starts the connections to the peer at `peerPort`
-    /// (default: the configured one).
+    /// Subscribes to the dataplane (through the policy) and starts the connections to the peer
+    /// at `peerPort` (default: the configured one). The connections send once the policy has
+    /// taken the master role (`setRole`), before or after this call.
     public func startSending(peerPort: Int? = nil) {
-        let count = connections.count
-        let conns = connections
-        let subscription = dataplane.subscribe { updates in
-            // Runs under the dataplane's lock: split by share and hop to each share's loop.
-            if count == 1 {
-                conns[0].loop.execute { conns[0].enqueue(updates) }
-                return
-            }
-            var parts = [[ConntrackUpdate]](repeating: [], count: count)
-            for u in updates { parts[u.key.share(of: count)].append(u) }
-            for (i, part) in parts.enumerated() where !part.isEmpty {
-                conns[i].loop.execute { conns[i].enqueue(part) }
-            }
-        }
-        state.withLock { $0.subscription = subscription }
         for c in connections {
-            c.loop.execute {
-                // The role is read when this runs, after any earlier role change on this loop.
-                c.setActive(self.role == .master)
-                c.start(peerPort: peerPort)
-            }
+            c.loop.execute { c.start(peerPort: peerPort) }
         }
+        gate.start()
     }
 
     public func start() async throws {
@@ -186,16 +228,53 @@ public final class SyncEngine: Sendable {
         guard old != role else { return }
         holder?.setHolding(role == .backup)
         logger.notice("sync role changed", metadata: ["from": "\(old.rawValue)", "to": "\(role.rawValue)"])
-        for c in connections {
-            // Read the role when the task runs: with two quick changes, the last one wins on
-            // every connection whatever order the tasks were queued in.
-            c.loop.execute { c.setActive(self.role == .master) }
-        }
+        // The policy takes the role first (adopting what this node held), then the connections:
+        // role changes run in order on the policy's thread, so the last one wins everywhere.
+        gate.setRole(master: role == .master)
     }
 
     /// Resyncs every share (an operator's request).
     public func resyncAll() {
         for c in connections { c.loop.execute { c.requestResync() } }
+    }
+
+    /// A forced synchronization (`keepstate sync --vrf NAME`, docs/semantics.md rule 6): a dump
+    /// of the table, every eligible conntrack sent at once with the dump's instant as its
+    /// activity stamp. Returns once every connection wrote its part (or dropped it), and logs
+    /// the completion.
+    public func forcedSync() async -> ForcedSyncReport {
+        logger.notice("forced synchronization started")
+        let report = await withCheckedContinuation { (c: CheckedContinuation<ForcedSyncReport, Never>) in
+            gate.forcedSync { c.resume(returning: $0) }
+        }
+        if let error = report.error {
+            logger.error("forced synchronization failed", metadata: ["error": "\(error)"])
+        } else {
+            logger.notice("forced synchronization complete", metadata: [
+                "conntracks": "\(report.conntracks)", "records": "\(report.records)", "newly_synced": "\(report.newlySynced)",
+                "skipped": "\(report.skipped.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","))",
+                "connections_sent": "\(report.connectionsSent)", "connections_dropped": "\(report.connectionsDropped)",
+                "dump_seconds": "\(String(format: "%.3f", report.dumpSeconds))",
+                "duration_seconds": "\(String(format: "%.3f", report.seconds))",
+            ])
+        }
+        return report
+    }
+
+    /// The conntracks of the table that are not synced, and why (a dump; at most `limit` listed).
+    public func unsynced(limit: Int) async -> UnsyncedListing {
+        await withCheckedContinuation { (c: CheckedContinuation<UnsyncedListing, Never>) in
+            gate.unsynced(limit: max(limit, 0)) { c.resume(returning: $0) }
+        }
+    }
+
+    public var policyStatistics: PolicyStatistics { gate.statistics }
+
+    /// The conntracks the peer holds as this node last sent them: on a master, the dataplane's
+    /// table reduced by the policy (what a resync sends); on a backup, the conntracks that
+    /// qualify (the dataplane's mirror).
+    public func syncedConntracks() -> [Conntrack] {
+        role == .master ? gate.resyncSnapshot(share: 0, of: 1) : dataplane.snapshot(share: 0, of: 1)
     }
 
     /// Drops connection `index` as a network failure would; it reconnects and resyncs.
@@ -205,8 +284,10 @@ public final class SyncEngine: Sendable {
         c.loop.execute { c.kill() }
     }
 
-    /// Whether every connection is established, has sent its resync and has an empty queue.
+    /// Whether every connection is established, has sent its resync and has an empty queue, and
+    /// the policy has no job waiting.
     public func isIdle() async -> Bool {
+        guard gate.isIdle else { return false }
         for c in connections {
             let idle = try? await c.loop.submit { c.isIdle }.get()
             if idle != true { return false }
@@ -227,11 +308,11 @@ public final class SyncEngine: Sendable {
     }
 
     public func shutdown() async {
-        let (listener, subscription) = state.withLock { s in
-            defer { s.listener = nil; s.subscription = nil }
-            return (s.listener, s.subscription)
+        let listener = state.withLock { s in
+            defer { s.listener = nil }
+            return s.listener
         }
-        if let subscription { dataplane.unsubscribe(subscription) }
+        gate.stop()
         for c in connections {
             try? await c.loop.submit { c.stop() }.get()
         }
@@ -243,4 +324,10 @@ public final class SyncEngine: Sendable {
 /// Breaks the init-time cycle between the store and its holder.
 private final class StoreBox: @unchecked Sendable {
     var store: BackupStore?
+}
+
+/// The failover's random source, used only on the holder's thread.
+private final class RandomBox: @unchecked Sendable {
+    var generator: SplitMix64
+    init(seed: UInt64) { generator = SplitMix64(seed: seed) }
 }

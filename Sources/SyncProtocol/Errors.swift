@@ -31,7 +31,8 @@ public enum SyncProtocolError: Error, Sendable, Equatable, CustomStringConvertib
         case .frameTooShort(let length): "frame length \(length) is shorter than a frame header"
         case .unknownMessageType(let t): "unknown message type 0x\(String(t, radix: 16))"
         case .badMagic: "not a keepstate sync hello (bad magic)"
-        case .unsupportedVersion(let v): "unsupported protocol version \(v) (this build speaks \(SyncWire.version))"
+        case .unsupportedVersion(let v):
+            "unsupported protocol version \(v) (this build speaks \(SyncWire.minimumVersion) to \(SyncWire.version))"
         case .invalidField(let field, let reason): "invalid \(field): \(reason)"
         case .trailingBytes(let message, let count): "\(count) unexpected trailing byte(s) after \(message)"
         case .sequenceGap(let expected, let received): "sequence gap: expected frame \(expected), received \(received)"

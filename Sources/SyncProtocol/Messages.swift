@@ -2,8 +2,12 @@ public import NIOCore
 
 /// Constants of the sync wire format (docs/protocol.md).
 public enum SyncWire {
-    /// The protocol version this build speaks.
-    public static let version: UInt16 = 1
+    /// The protocol version this build speaks (and sends in its hellos). Version 2 adds the
+    /// activity age of forced-synchronization records (record flag bit 5).
+    public static let version: UInt16 = 2
+    /// The oldest version whose hellos this build accepts. A version 1 sender never sets the
+    /// bits version 2 added, so its stream decodes as it always did.
+    public static let minimumVersion: UInt16 = 1
     /// "KSYN": the first bytes of every hello.
     public static let magic: UInt32 = 0x4B53_594E
     /// Bytes of the frame header: length u32, type u8, sequence u32.
@@ -285,7 +289,7 @@ extension SyncControlMessage {
         case .hello:
             guard try r.u32("magic") == SyncWire.magic else { throw .badMagic }
             let version = try r.u16("version")
-            guard version == SyncWire.version else { throw .unsupportedVersion(version) }
+            guard (SyncWire.minimumVersion...SyncWire.version).contains(version) else { throw .unsupportedVersion(version) }
             let node = try r.string8("node id")
             let vrf = try r.string8("vrf")
             let index = try r.u16("connection index")

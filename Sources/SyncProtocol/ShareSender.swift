@@ -28,7 +28,7 @@ public struct ShareSender: Sendable {
         /// Send RESYNC_END.
         case endResync(generation: UInt32, count: UInt64, duration: TimeAmount)
         /// Send these live updates.
-        case updates(ArraySlice<ConntrackUpdate>)
+        case updates(ArraySlice<OutgoingUpdate>)
     }
 
     public enum EnqueueResult: Sendable, Equatable {
@@ -47,9 +47,17 @@ public struct ShareSender: Sendable {
     public private(set) var connected = false
     public private(set) var resyncNeeded = false
     public private(set) var resync: ResyncProgress?
-    private var queue: ContiguousArray<ConntrackUpdate> = []
+    private var queue: ContiguousArray<OutgoingUpdate> = []
     private var head = 0
     private var generation: UInt32
+
+    /// Live updates ever queued, and ever handed out by `next` (monotonic): an update queued
+    /// when `queuedTotal` became `n` has been handed out once `sentTotal >= n`, unless
+    /// `queueLosses` changed meanwhile (the queue was dropped; a resync carries its content).
+    public private(set) var queuedTotal: UInt64 = 0
+    public private(set) var sentTotal: UInt64 = 0
+    /// How many times queued updates were dropped (overflow, disconnect, abandoned resync).
+    public private(set) var queueLosses: UInt64 = 0
 
     public private(set) var overflows = 0
     /// Updates dropped by the last overflow (the queue and the batch that did not fit).
@@ -90,16 +98,23 @@ public struct ShareSender: Sendable {
     }
 
     private mutating func clearQueue() {
+        if head < queue.count { queueLosses += 1 }
         queue.removeAll(keepingCapacity: false)
         head = 0
     }
 
     public mutating func enqueue<C: Collection>(_ updates: C) -> EnqueueResult where C.Element == ConntrackUpdate {
+        enqueue(updates.lazy.map { OutgoingUpdate($0) })
+    }
+
+    public mutating func enqueue<C: Collection>(_ updates: C) -> EnqueueResult where C.Element == OutgoingUpdate {
         guard isSending else { return .dropped }
         if resyncNeeded { return .dropped }   // the coming snapshot carries them
         if queueDepth + updates.count > queueLimit {
             lastOverflowDropped = queueDepth + updates.count
-            clearQueue()
+            queue.removeAll(keepingCapacity: false)
+            head = 0
+            queueLosses += 1
             resyncNeeded = true
             overflows += 1
             return .overflowed
@@ -109,6 +124,7 @@ public struct ShareSender: Sendable {
             head = 0
         }
         queue.append(contentsOf: updates)
+        queuedTotal &+= UInt64(updates.count)
         return .queued
     }
 
@@ -154,6 +170,7 @@ public struct ShareSender: Sendable {
     private mutating func takeQueued(_ maxRecords: Int) -> Step {
         let end = min(queue.count, head + max(1, maxRecords))
         let slice = queue[head..<end]
+        sentTotal &+= UInt64(end - head)
         head = end
         if head == queue.count { clearQueueKeepingCapacity() }
         return .updates(ArraySlice(slice))

@@ -1,6 +1,30 @@
+import Config
 @testable import Daemon
 import Foundation
+import SyncPolicy
 import Testing
+
+@Suite("Configuration to sync policy")
+struct PolicyMappingTests {
+    @Test("conntrack_timeouts and ha_delays become the VRF's policy; the rest keeps the policy's defaults")
+    func mapping() {
+        let vrf = VRFConfig(
+            name: "main", timeouts: ConntrackTimeouts(tcpUndefined: 20),
+            delays: HADelays(tcp: ProtocolDelays(synchronization: 1, undefinedGracePeriod: 10),
+                             udp: ProtocolDelays(synchronization: 5), icmp: ProtocolDelays(undefinedGracePeriod: 0)),
+            location: SourceLocation(file: "x.conf", line: 1, column: 1))
+        let p = PolicySettings(vrf: vrf)
+        #expect(p.tcpUndefined == 20)
+        #expect(p.tcp == ProtocolPolicy(synchronizationDelay: .seconds(1), undefinedGracePeriod: .seconds(10)))
+        #expect(p.udp == ProtocolPolicy(synchronizationDelay: .seconds(5)))
+        #expect(p.icmp == ProtocolPolicy(undefinedGracePeriod: .zero))
+        #expect(p.other == ProtocolPolicy())
+        #expect(p.hold == HoldPolicy() && p.graceEnforcement == .kernelExpiry)
+        // The defaults sync at once, with no grace period.
+        let d = PolicySettings(vrf: VRFConfig(name: "main", location: SourceLocation(file: "x.conf", line: 1, column: 1)))
+        #expect(d == PolicySettings())
+    }
+}
 
 @Suite("Control protocol")
 struct ControlProtocolTests {

@@ -46,7 +46,7 @@ final class DaemonPair: @unchecked Sendable {
         }
     }
 
-    func config(_ node: String, state: String, port: Int? = nil, tcpUndefined: Int = 10) -> String {
+    func config(_ node: String, state: String, port: Int? = nil, tcpUndefined: Int = 10, extra: String = "") -> String {
         let me = node == "ha1" ? "127.0.0.1" : "127.0.0.2"
         let peer = node == "ha1" ? "127.0.0.2" : "127.0.0.1"
         let peerName = node == "ha1" ? "ha2" : "ha1"
@@ -63,6 +63,7 @@ final class DaemonPair: @unchecked Sendable {
                     dead_interval 1
                 }
                 conntrack_timeouts { tcp_undefined \(tcpUndefined) }
+                \(extra)
             }
             """
     }
@@ -70,8 +71,8 @@ final class DaemonPair: @unchecked Sendable {
     func socket(_ node: String) -> String { "\(dir.path)/\(node).sock" }
     func configPath(_ node: String) -> String { "\(dir.path)/\(node).conf" }
 
-    func start(_ node: String, state: String) async throws {
-        try config(node, state: state).write(toFile: configPath(node), atomically: true, encoding: .utf8)
+    func start(_ node: String, state: String, extra: String = "") async throws {
+        try config(node, state: state, extra: extra).write(toFile: configPath(node), atomically: true, encoding: .utf8)
         var logger = Logger(label: node)
         logger.logLevel = .critical
         let dps = dataplanes
@@ -179,6 +180,42 @@ struct DaemonTests {
         #expect(auto.ok && auto.message == "group g1: override auto, state master")
         let unknown = try await pair.request("ha1", ControlRequest(command: .setState, group: "nope", state: "master"))
         #expect(!unknown.ok && unknown.error == "no HA group nope (configured: g1)")
+        await pair.stop()
+    }
+
+    @Test("show conntracks --unsynced lists what a delay holds back, with the reason; sync sends it at once and answers before it is done")
+    func unsyncedAndForcedSync() async throws {
+        let pair = try DaemonPair()
+        let delays = "ha_delays { tcp { synchronization 600 } }"
+        try await pair.start("ha1", state: "MASTER", extra: delays)
+        try await pair.start("ha2", state: "BACKUP", extra: delays)
+        let dp1 = try #require(pair.dataplane("ha1"))
+        // 70 TCP (held back by the delay), 20 UDP and 10 ICMP (no delay).
+        dp1.simulate((0..<UInt64(100)).map { .upsert(TrafficGenerator.conntrack(number: $0)) })
+        #expect(await eventually { try await pair.vrf("ha2")?.held == 30 })
+
+        let reply = try await pair.request("ha1", ControlRequest(command: .showConntracks, vrf: "main", unsynced: true, limit: 5))
+        let counts = try #require(reply.conntracks?.first)
+        let listing = try #require(counts.unsynced)
+        #expect(listing.role == "master" && listing.total == 100 && listing.synced == 30)
+        #expect(listing.counts == ["delay-pending": 70])
+        #expect(listing.entries.count == 5 && listing.truncated)
+        #expect(listing.entries.allSatisfy { $0.reason == "delay-pending" && ($0.delayEndsIn ?? 0) > 590 && $0.conntrack.hasPrefix("ipv4 tcp ") })
+        #expect(counts.role == "master" && counts.pending == 70)
+        #expect(counts.synced["tcp"] == nil && counts.synced["udp"]?["-"] == 20 && counts.synced["icmp"]?["-"] == 10)
+        // Without --unsynced nothing is read; a backup sends nothing and says so.
+        #expect(try await pair.request("ha1", ControlRequest(command: .showConntracks)).conntracks?.first?.unsynced == nil)
+        let backup = try await pair.request("ha2", ControlRequest(command: .showConntracks, unsynced: true))
+        #expect(backup.conntracks?.first?.unsynced?.role == "backup" && backup.conntracks?.first?.unsynced?.entries == [])
+        let negative = try await pair.request("ha1", ControlRequest(command: .showConntracks, unsynced: true, limit: -1))
+        #expect(!negative.ok)
+
+        // The forced synchronization syncs them regardless of the delay.
+        let forced = try await pair.request("ha1", ControlRequest(command: .sync, vrf: "main"))
+        #expect(forced.ok && forced.message == "synchronization of VRF main started, completion will appear in the log", "\(forced)")
+        #expect(await eventually { try await pair.vrf("ha2")?.held == 100 })
+        let after = try #require(try await pair.request("ha1", ControlRequest(command: .showConntracks, unsynced: true)).conntracks?.first)
+        #expect(after.unsynced?.counts == [:] && after.unsynced?.synced == 100 && after.pending == 0)
         await pair.stop()
     }
 

@@ -1,7 +1,9 @@
 import ArgumentParser
 import Config
 import Foundation
+import Daemon
 @testable import KeepstateCLI
+import SyncEngine
 import Testing
 
 /// A temporary directory removed at the end of the test.
@@ -81,6 +83,39 @@ struct CLITests {
         #expect(ok, "\(lines.joined(separator: "\n"))")
         #expect(lines.filter { $0.hasPrefix("PASS") }.count == 4)
         #expect(lines.contains { $0.contains("client 2") })
+    }
+
+    @Test("show conntracks --unsynced renders the counts per reason and each conntrack with its reason")
+    func unsyncedRendering() {
+        let listing = UnsyncedListing(
+            role: "master", total: 5, synced: 2, counts: ["alg": 1, "delay-pending": 1, "awaiting-traffic": 1],
+            entries: [
+                UnsyncedEntry(conntrack: "ipv4 tcp 431999 ESTABLISHED src=10.0.0.1 dst=192.0.2.1 sport=1025 dport=443 src=192.0.2.1 dst=10.0.0.1 sport=443 dport=1025",
+                              reason: "delay-pending", delayEndsIn: 3.3),
+                UnsyncedEntry(conntrack: "ipv4 udp 28 src=10.1.0.1 dst=8.8.8.8 sport=2049 dport=53 src=8.8.8.8 dst=10.1.0.1 sport=53 dport=2049",
+                              reason: "awaiting-traffic", awaitingFor: 12),
+            ],
+            truncated: true)
+        let counts = ConntrackCounts(vrf: "main", synced: ["udp": ["-": 2]], held: 0, role: "master", pending: 2, unsynced: listing)
+        #expect(ShowRender.conntracks(counts) == """
+            show-conntracks vrf main
+                synced
+                    udp 2
+                pending 2
+                held 0
+                unsynced
+                    read 5, synced 2, unsynced 3
+                    alg 1
+                    awaiting-traffic 1
+                    delay-pending 1
+                    delay-pending (delay ends in 3.3 s): ipv4 tcp 431999 ESTABLISHED src=10.0.0.1 dst=192.0.2.1 sport=1025 dport=443 src=192.0.2.1 dst=10.0.0.1 sport=443 dport=1025
+                    awaiting-traffic (no traffic seen for 12.0 s): ipv4 udp 28 src=10.1.0.1 dst=8.8.8.8 sport=2049 dport=53 src=8.8.8.8 dst=10.1.0.1 sport=53 dport=2049
+                    ... (more not listed: raise --limit)
+            """)
+        let backup = ConntrackCounts(vrf: "main", synced: [:], held: 7, role: "backup",
+                                     unsynced: UnsyncedListing(role: "backup", note: "this node is backup"))
+        #expect(ShowRender.conntracks(backup).hasSuffix("    held 7\n    unsynced\n        note this node is backup"))
+        #expect(throws: (any Error).self) { try Keepstate.parseAsRoot(["show", "conntracks", "--unsynced", "--limit", "-3"]) }
     }
 
     @Test("every subcommand's help has an example")

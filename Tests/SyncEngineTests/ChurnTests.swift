@@ -1,6 +1,7 @@
 import ConntrackModel
 import Dataplane
 import SyncEngine
+import SyncPolicy
 import Testing
 
 @Suite("Churn with connection failures", .serialized)
@@ -97,6 +98,61 @@ struct ChurnTests {
         pair.e1.resyncAll()
         #expect(await eventually { pair.e2.store.count == 2000 })
         #expect(asDictionary(pair.e2.store.dump()) == asDictionary(pair.dp1.dump()))
+        await pair.shutdown()
+    }
+}
+
+@Suite("Churn through the sync policy", .serialized)
+struct PolicyChurnTests {
+    /// The policy's view of a generator's table: what the backup must hold. TCP conntracks
+    /// never established are not synced; the generator's closing ones were established before,
+    /// so they are synced with tcp_undefined (rule 2).
+    static func policyView(_ table: [Conntrack], tcpUndefined: UInt32) -> [ConntrackKey: Conntrack] {
+        var out: [ConntrackKey: Conntrack] = [:]
+        for var c in table {
+            if c.proto == .tcp {
+                switch c.tcpState {
+                case .established: break
+                case .finWait, .timeWait: c.timeout = tcpUndefined
+                default: continue
+                }
+            }
+            out[c.key] = c
+        }
+        return out
+    }
+
+    @Test("kills and queue overflows with the policy between the table and the connections: the backup converges to the policy's view")
+    func churnThroughThePolicy() async throws {
+        let policy = PolicySettings(tcpUndefined: 17)
+        let pair = try await Pair.make(connections: 4, queueLimit: 4096, policy1: policy, policy2: policy)
+        var gen = TrafficGenerator(seed: 77, mix: .fill, maximumLive: 20_000)
+        pair.dp1.simulate(gen.next(20_000))
+        pair.e1.setRole(.master)
+        pair.startSending()
+        // Only established conntracks: the fill creates TCP ones in SYN_SENT.
+        let view0 = Self.policyView(pair.dp1.dump(), tcpUndefined: 17)
+        #expect(view0.count < pair.dp1.count)
+        #expect(await eventually(30) { pair.e2.store.count == view0.count })
+
+        gen.mix = .steady
+        var rng = SplitMix64(seed: 5)
+        for b in 0..<400 {
+            pair.dp1.simulate(gen.next(500))
+            if b % 40 == 39 {
+                pair.e1.killConnection(Int(rng.next() % 4))
+                await Task.yield()
+            }
+        }
+        let converged = await eventually(60) {
+            guard await pair.e1.isIdle() else { return false }
+            return asDictionary(pair.e2.store.dump()) == Self.policyView(pair.dp1.dump(), tcpUndefined: 17)
+        }
+        #expect(converged, "backup \(pair.e2.store.count), policy view \(Self.policyView(pair.dp1.dump(), tcpUndefined: 17).count)")
+        let stats = pair.e1.policyStatistics
+        #expect(stats.synced == Self.policyView(pair.dp1.dump(), tcpUndefined: 17).count)
+        #expect(stats.candidates == 0)
+        #expect(await pair.e2.statistics().localNode.receiveError == 0)
         await pair.shutdown()
     }
 }

@@ -7,6 +7,7 @@ import NIOCore
 import NIOPosix
 import Synchronization
 import SyncEngine
+import SyncPolicy
 import Testing
 import TestSupport
 
@@ -63,7 +64,7 @@ struct KernelSyncTests {
 
         // The backup holds what it received in its own kernel table: same NAT, state and mark,
         // with the hold timeout, so that nothing expires while it is backup.
-        let hold = HoldSettings()
+        let hold = HoldPolicy()
         await pair.e2.holderIdle()
         let synced = pair.e2.store.dump()
         var inKernel = try dp2.dump()
@@ -134,7 +135,7 @@ struct KernelSyncTests {
         e1.setRole(.master)
         e1.startSending(peerPort: port2)
         e2.startSending(peerPort: port1)
-        let hold = HoldSettings()
+        let hold = HoldPolicy()
         func heldKeys() throws -> Set<ConntrackKey> { Set(try dp2.held(above: hold.threshold).map(\.key)) }
         #expect(await eventually(10) { (try? heldKeys()) == Set(first.map(\.key)) })
 

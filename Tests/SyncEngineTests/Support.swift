@@ -6,6 +6,7 @@ import NIOCore
 import NIOPosix
 import PKI
 import SyncEngine
+import SyncPolicy
 import SyncProtocol
 
 /// A CA and node certificates made once per test process.
@@ -58,7 +59,8 @@ struct Pair {
     static func make(connections: Int = 4, queueLimit: Int = 1 << 20, logLevel: Logger.Level = .warning,
                      settings1: [SyncSettingPair] = [], settings2: [SyncSettingPair] = [],
                      logger1: Logger? = nil, logger2: Logger? = nil,
-                     dataplane1: (any Dataplane)? = nil, dataplane2: (any Dataplane)? = nil) async throws -> Pair {
+                     dataplane1: (any Dataplane)? = nil, dataplane2: (any Dataplane)? = nil,
+                     policy1: PolicySettings? = nil, policy2: PolicySettings? = nil) async throws -> Pair {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         var logger = Logger(label: "test")
         logger.logLevel = logLevel
@@ -67,11 +69,13 @@ struct Pair {
         let e1 = SyncEngine(
             settings: settings(node: "ha1", source: "127.0.0.1", peer: "127.0.0.2", peerName: "ha2", connections: connections,
                                queueLimit: queueLimit, syncSettings: settings1),
-            tls: try TestPKI.material(TestPKI.ha1), dataplane: dataplane1 ?? dp1, group: group, logger: logger1 ?? logger)
+            tls: try TestPKI.material(TestPKI.ha1), dataplane: dataplane1 ?? dp1, group: group, logger: logger1 ?? logger,
+            policy: policy1)
         let e2 = SyncEngine(
             settings: settings(node: "ha2", source: "127.0.0.2", peer: "127.0.0.1", peerName: "ha1", connections: connections,
                                queueLimit: queueLimit, syncSettings: settings2),
-            tls: try TestPKI.material(TestPKI.ha2), dataplane: dataplane2 ?? dp2, group: group, logger: logger2 ?? logger)
+            tls: try TestPKI.material(TestPKI.ha2), dataplane: dataplane2 ?? dp2, group: group, logger: logger2 ?? logger,
+            policy: policy2)
         let p1 = try await e1.startListening()
         let p2 = try await e2.startListening()
         return Pair(group: group, dp1: dp1, dp2: dp2, e1: e1, e2: e2, port1: p1, port2: p2)

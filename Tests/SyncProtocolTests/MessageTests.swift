@@ -88,14 +88,14 @@ import Testing
         wire.writeSyncMessage(.hello(hello), sequence: 0)
         #expect(hex(wire) ==
             "00000020" + "01" + "00000000"
-            + "4b53594e" + "0001" + "03686131" + "03726564" + "0001" + "0004" + "02aabb" + "0001" + "016b" + "0176")
+            + "4b53594e" + "0002" + "03686131" + "03726564" + "0001" + "0004" + "02aabb" + "0001" + "016b" + "0176")
     }
 
     @Test func helloAckFrameGolden() {
         var wire = ByteBuffer()
         let ack = HelloAck(status: .acceptedWithDrift, nodeID: "ha2", fingerprint: [0x01], settings: [], message: "ok")
         wire.writeSyncMessage(.helloAck(ack), sequence: 0)
-        #expect(hex(wire) == "00000014" + "02" + "00000000" + "01" + "0001" + "03686132" + "0101" + "0000" + "00026f6b")
+        #expect(hex(wire) == "00000014" + "02" + "00000000" + "01" + "0002" + "03686132" + "0101" + "0000" + "00026f6b")
     }
 
     @Test func updatesFrameGolden() throws {
@@ -194,7 +194,7 @@ import Testing
 
     /// A hello payload with the given fields, byte by byte.
     static func helloPayload(
-        magic: UInt32 = SyncWire.magic, version: UInt16 = 1, node: [UInt8] = Array("ha1".utf8),
+        magic: UInt32 = SyncWire.magic, version: UInt16 = SyncWire.version, node: [UInt8] = Array("ha1".utf8),
         vrf: [UInt8] = Array("red".utf8), index: UInt16 = 0, count: UInt16 = 4, settingsCount: UInt16 = 0
     ) -> ByteBuffer {
         var b = ByteBuffer()
@@ -221,7 +221,14 @@ import Testing
         #expect(SyncProtocolError.badMagic.errorCode == .notKeepstate)
     }
 
-    @Test(arguments: [UInt16(0), 2, 0xFFFF])
+    /// Version 2 only added a record field, so a version 1 sender is still accepted.
+    @Test func helloVersionOneIsAccepted() throws {
+        #expect(SyncWire.version == 2 && SyncWire.minimumVersion == 1)
+        #expect(try SyncControlMessage.decode(type: .hello, payload: Self.helloPayload(version: 1))
+            == .hello(Hello(version: 1, nodeID: "ha1", vrf: "red", connectionIndex: 0, connectionCount: 4, fingerprint: [], settings: [])))
+    }
+
+    @Test(arguments: [UInt16(0), 3, 0xFFFF])
     func helloUnsupportedVersion(version: UInt16) {
         let e = caught { try SyncControlMessage.decode(type: .hello, payload: Self.helloPayload(version: version)) }
         #expect(e == .unsupportedVersion(version))
@@ -325,7 +332,7 @@ import Testing
         #expect(SyncProtocolError.truncated(what: "x", needed: 1).errorCode == .malformed)
         #expect(SyncProtocolError.frameTooLarge(length: 2, maximum: 1).errorCode == .malformed)
         #expect(SyncProtocolError.unknownMessageType(0xAB).description == "unknown message type 0xab")
-        #expect(SyncProtocolError.unsupportedVersion(2).description == "unsupported protocol version 2 (this build speaks 1)")
+        #expect(SyncProtocolError.unsupportedVersion(3).description == "unsupported protocol version 3 (this build speaks 1 to 2)")
         #expect(SyncErrorCode(rawValue: 99).description == "code-99")
         #expect(SyncMessageType(rawValue: 0x1F).description == "TYPE_0x1f")
         #expect(HelloAck.Status.acceptedWithDrift.isAccepted)

@@ -17,7 +17,7 @@ enum SentStep: Equatable {
         case .beginResync(let g): self = .beginResync(g)
         case .resyncRecords(let r): self = .records(Array(r))
         case .endResync(let g, let c, let d): self = .endResync(g, c, d)
-        case .updates(let u): self = .updates(Array(u))
+        case .updates(let u): self = .updates(u.map(\.update))
         }
     }
 }
@@ -116,6 +116,39 @@ enum SentStep: Equatable {
         #expect(Self.next(&s) == .idle)
         #expect(s.enqueue([live[0]]) == .queued)
         #expect(Self.next(&s) == .updates([live[0]]))
+    }
+
+    /// A forced synchronization's updates keep their stamps through the queue, and the counters
+    /// tell a caller whether what it queued was handed out or dropped.
+    @Test func stampedUpdatesAndDeliveryCounters() {
+        var s = ShareSender(queueLimit: 10, firstGeneration: 0)
+        s.setActive(true)
+        s.setConnected(true)
+        #expect(Self.next(&s) == .beginResync(1))
+        #expect(Self.next(&s) == .endResync(1, 0, .zero))
+        let stamp = Self.t0 - .seconds(2)
+        let stamped = Self.items.prefix(3).map { OutgoingUpdate(.upsert($0), activity: stamp) }
+        #expect(s.enqueue(stamped) == .queued)
+        #expect(s.queuedTotal == 3 && s.sentTotal == 0)
+        let losses = s.queueLosses
+        guard case .updates(let out) = s.next(maxRecords: 2, now: Self.t0, snapshot: { [] }) else {
+            Issue.record("expected updates")
+            return
+        }
+        #expect(Array(out) == Array(stamped.prefix(2)))
+        #expect(out.first?.record(at: Self.t0).activityAgeMilliseconds == 2_000)
+        #expect(s.sentTotal == 2)
+        #expect(Self.next(&s) == .updates([.upsert(Self.items[2])]))
+        #expect(s.sentTotal == 3 && s.queueLosses == losses)
+        // Dropped on overflow, and on a disconnect with updates still queued.
+        #expect(s.enqueue(Self.items.prefix(4).map { OutgoingUpdate(.upsert($0)) }) == .queued)
+        #expect(s.enqueue(Self.items.prefix(7).map { OutgoingUpdate(.upsert($0)) }) == .overflowed)
+        #expect(s.queueLosses == losses + 1)
+        _ = Self.next(&s)
+        _ = Self.next(&s)
+        #expect(s.enqueue([ConntrackUpdate.upsert(Self.items[0])]) == .queued)
+        s.setConnected(false)
+        #expect(s.queueLosses == losses + 2)
     }
 
     @Test func overflowEmptiesQueueAndSchedulesANewGeneration() {
@@ -267,7 +300,7 @@ enum SentStep: Equatable {
                 table = table.filter { epoch.contains($0.key) }
                 inResync = false
             case .updates(let updates):
-                let decoded = try wire(Array(updates))
+                let decoded = try wire(updates.map(\.update))
                 try frame(.updates)
                 try session.updates(count: decoded.count)
                 for u in decoded {

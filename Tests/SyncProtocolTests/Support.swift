@@ -86,6 +86,13 @@ func encode(_ updates: [ConntrackUpdate]) -> ByteBuffer {
     return b
 }
 
+/// Encodes records (with their activity ages) into a bare payload.
+func encodeRecords(_ records: [ConntrackRecord]) -> ByteBuffer {
+    var b = ByteBuffer()
+    for r in records { b.writeConntrackRecord(r) }
+    return b
+}
+
 /// Decodes a bare payload; the reader must end empty.
 func decodeAll(_ payload: ByteBuffer) throws(SyncProtocolError) -> [ConntrackUpdate] {
     var b = payload

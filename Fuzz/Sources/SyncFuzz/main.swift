@@ -22,8 +22,8 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
             }
             _ = try? SyncControlMessage.decode(type: frame.type, payload: frame.payload)
             var payload = frame.payload
-            var updates: [ConntrackUpdate] = []
-            try? payload.readConntrackUpdates(into: &updates)
+            var records: [ConntrackRecord] = []
+            try? payload.readConntrackRecords(into: &records)
         } catch {
             precondition(stream.readableBytes == before, "a rejected frame consumed bytes")
             break
@@ -43,19 +43,20 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         precondition(again == message, "\(type) changed in a round trip")
     }
 
-    // The input as an UPDATES payload: all or nothing, and stable under re-encoding.
-    var records = payload
-    var updates: [ConntrackUpdate] = []
+    // The input as an UPDATES payload: all or nothing, and stable under re-encoding (activity
+    // ages included).
+    var input = payload
+    var records: [ConntrackRecord] = []
     do {
-        try records.readConntrackUpdates(into: &updates)
-        precondition(records.readableBytes == 0, "records left unread")
+        try input.readConntrackRecords(into: &records)
+        precondition(input.readableBytes == 0, "records left unread")
         var reencoded = ByteBuffer()
-        for u in updates { reencoded.writeConntrackUpdate(u) }
-        var again: [ConntrackUpdate] = []
-        try reencoded.readConntrackUpdates(into: &again)
-        precondition(again == updates, "records changed in a round trip")
+        for r in records { reencoded.writeConntrackRecord(r) }
+        var again: [ConntrackRecord] = []
+        try reencoded.readConntrackRecords(into: &again)
+        precondition(again == records, "records changed in a round trip")
     } catch {
-        precondition(updates.isEmpty && records.readableBytes == size, "a rejected payload was half-read")
+        precondition(records.isEmpty && input.readableBytes == size, "a rejected payload was half-read")
     }
     return 0
 }

@@ -52,6 +52,16 @@ int ks_ct_dump(struct nfct_handle *h, uint8_t family, ks_ct_sink sink, void *con
 int ks_ct_read_events(struct nfct_handle *h, ks_ct_sink sink, void *context);
 int ks_ct_set_nonblocking(struct nfct_handle *h);
 
+/// Reads the conntracks whose original tuples (and zones) `keys` name, with batched
+/// IPCTNL_MSG_CT_GET requests (up to 128 in flight), without dumping the table. Found ones go
+/// to `sink` (event KS_EVENT_NEW); `errors` (count slots) receives each key's errno: 0 found,
+/// ENOENT gone, ETIMEDOUT when no answer came within a second. Requests are numbered from
+/// `seq_base`, so that a late answer to an earlier call is recognised and skipped. Returns the
+/// number found, or -1 with errno when the socket failed. Use a socket of its own
+/// (`ks_ct_open(path, 0)`): it reads one answer per message.
+int ks_ct_get(struct nfct_handle *h, const ks_ct *keys, int count, uint32_t seq_base, ks_ct_sink sink, void *context,
+              int *errors);
+
 enum { KS_OP_CREATE = 0, KS_OP_DELETE = 1, KS_OP_UPDATE = 2, KS_OP_TIMEOUT = 3 };
 
 /// Writes `count` conntracks in batched netlink messages. KS_OP_CREATE creates and fails with
