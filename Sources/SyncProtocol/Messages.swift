@@ -15,7 +15,7 @@ public enum SyncWire {
     /// The most bytes a frame may announce after its length field.
     public static let maximumFrameLength = 1 << 20
     /// Records a sender puts in one UPDATES frame: about 50 KiB of IPv4 records, and at most
-    /// 140 KiB of 93-byte IPv6 NAT ones, well under `maximumFrameLength`.
+    /// 141 KiB of the largest records (96 bytes), well under `maximumFrameLength`.
     public static let recordsPerFrame = 1500
     /// Limits on hello contents.
     public static let maximumConnections: UInt16 = 64
