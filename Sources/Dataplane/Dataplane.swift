@@ -45,7 +45,8 @@ public protocol Dataplane: AnyObject, Sendable {
 
     /// After a takeover: every entry still held (remaining timeout above `threshold`) gets the
     /// timeout `timeout` returns for it; nil leaves the entry as it is. Only the timeout changes,
-    /// so a TCP state reached since the takeover stays.
+    /// so a TCP state reached since the takeover stays. `timeout` is called just before the
+    /// entry's write, so that a timeout counted from now is written now.
     func rearm(above threshold: UInt32, timeout: (Conntrack) -> UInt32?) throws -> RearmResult
 }
 

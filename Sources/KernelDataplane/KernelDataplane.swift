@@ -147,20 +147,28 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
     /// Dumps the table and sets the timeout of every entry still above `threshold`. A packet
     /// between the dump and the write resets the kernel's timeout first; the write then replaces
     /// it with the rearmed value, which is the entry's full synced timeout or the policy's.
+    /// `timeout` is asked chunk by chunk, right before the chunk is written, so that a timeout
+    /// computed for an instant is written at that instant (not seconds later, after the whole
+    /// table's timeouts were computed).
     public func rearm(above threshold: UInt32, timeout: (Conntrack) -> UInt32?) throws -> RearmResult {
         var result = RearmResult()
-        var batch: [Conntrack] = []
+        var held: [Conntrack] = []
         for c in try dump() {
-            guard c.timeout > threshold, let t = timeout(c) else { result.skipped += 1; continue }
-            var r = c
-            r.timeout = t
-            batch.append(r)
+            if c.timeout > threshold { held.append(c) } else { result.skipped += 1 }
         }
-        let chunk = 65_536
+        let chunk = 4096
         var start = 0
-        while start < batch.count {
-            let part = Array(batch[start..<min(start + chunk, batch.count)])
-            start += part.count
+        while start < held.count {
+            var part: [Conntrack] = []
+            part.reserveCapacity(chunk)
+            for c in held[start..<min(start + chunk, held.count)] {
+                guard let t = timeout(c) else { result.skipped += 1; continue }
+                var r = c
+                r.timeout = t
+                part.append(r)
+            }
+            start = min(start + chunk, held.count)
+            guard !part.isEmpty else { continue }
             let errors: [Int32]
             do {
                 writeLock.lock()

@@ -125,7 +125,8 @@ struct PolicyChurnTests {
     @Test("kills and queue overflows with the policy between the table and the connections: the backup converges to the policy's view")
     func churnThroughThePolicy() async throws {
         let policy = PolicySettings(tcpUndefined: 17)
-        let pair = try await Pair.make(connections: 4, queueLimit: 4096, policy1: policy, policy2: policy)
+        let pair = try await Pair.make(connections: 4, queueLimit: 4096, policy1: policy, policy2: policy,
+                                       vrf: "policy-churn")
         var gen = TrafficGenerator(seed: 77, mix: .fill, maximumLive: 20_000)
         pair.dp1.simulate(gen.next(20_000))
         pair.e1.setRole(.master)

@@ -52,10 +52,19 @@ struct PolicyKernelTests {
             dp1 = try KernelDataplane(vrf: "main", netnsPath: ns1.path, reconcileInterval: 0)
             writer = try KernelDataplane(vrf: "main", netnsPath: ns1.path, reconcileInterval: 0)
             dp2 = try KernelDataplane(vrf: "main", netnsPath: ns2.path, reconcileInterval: 0)
+            // A VRF name of its own: engines of tests running alongside (same CA and node
+            // names, ports reused) cannot connect to these, nor these to theirs.
             pair = try await Pair.make(connections: 2, logLevel: .critical, dataplane1: dp1, dataplane2: dp2,
-                                       policy1: policy, policy2: policy)
+                                       policy1: policy, policy2: policy, vrf: "policy-\(tag)")
             pair.e1.setRole(.master)
             pair.startSending()
+        }
+
+        /// Waits until the backup's kernel holds `count` entries (refused hold writes are retried
+        /// in the background, and a takeover does not wait for them).
+        func held(_ count: Int) async -> Bool {
+            await pair.e2.holderIdle()
+            return await eventually(20) { (try? dp2.held(above: HoldPolicy().threshold).count) == count }
         }
 
         /// ha1 dies; ha2 takes over. Returns the bracket of the switch instant.
@@ -116,7 +125,7 @@ struct PolicyKernelTests {
         #expect(await eventually(10) {
             closing.allSatisfy { s.pair.e2.store[$0.key]?.timeout == 25 && s.pair.e2.store[$0.key]?.tcpState == .finWait }
         })
-        await s.pair.e2.holderIdle()
+        #expect(await s.held(3300))
         let synced = asDictionary(s.pair.e2.store.dump())
 
         let (s0, s1) = try await s.failover(seed: 2024)
@@ -187,7 +196,7 @@ struct PolicyKernelTests {
         changed.timeout = 300
         try s.writer.apply([.upsert(changed)])
         #expect(await eventually(10) { s.pair.e2.store[changed.key]?.mark == 7 })
-        await s.pair.e2.holderIdle()
+        #expect(await s.held(400))
         let heldChanged = try #require(s.pair.e2.store[changed.key])
         // Time passes between the forced synchronization and the failover.
         try await Task.sleep(for: .seconds(4))
@@ -229,19 +238,23 @@ struct PolicyKernelTests {
     @Test("with a synchronization delay, UDP conntracks are synced only if traffic shows after it (read with gets of just those), TCP ones if still established at it")
     func delays() async throws {
         let policy = PolicySettings(
-            tcp: ProtocolPolicy(synchronizationSeconds: 2, undefinedGracePeriodSeconds: nil),
-            udp: ProtocolPolicy(synchronizationSeconds: 2, undefinedGracePeriodSeconds: nil),
+            tcp: ProtocolPolicy(synchronizationSeconds: 3, undefinedGracePeriodSeconds: nil),
+            udp: ProtocolPolicy(synchronizationSeconds: 3, undefinedGracePeriodSeconds: nil),
             probing: ProbeSettings(firstInterval: .seconds(3)))
         let s = try await Setup("pdl", policy: policy)
         let icmp = population(.icmp, count: 1000, timeout: 60)       // no delay: synced at once
         let u = population(.udp, count: 3, timeout: 30)              // idle, traffic after the delay, traffic during it
         let t = population(.tcp, count: 2, timeout: 3000)            // stays established, leaves it during the delay
+        let created = ContinuousClock.now
         try s.writer.apply((icmp + u + t).map { .upsert($0) })
-        // Within the delay: traffic on u[2] (its timeout back up, as a packet does), t[1] closes.
-        _ = try s.writer.rearm(above: 0) { c in c.key == u[2].key ? 120 : nil }
+        // Within the delay (one write, at once): traffic on u[2] (its timeout back up, as a
+        // packet does), t[1] closes.
+        var refreshed = u[2]
+        refreshed.timeout = 120
         var closing = t[1]
         closing.tcpState = .finWait
-        try s.writer.apply([.upsert(closing)])
+        try s.writer.apply([.upsert(refreshed), .upsert(closing)])
+        #expect(ContinuousClock.now - created < .seconds(3), "the writes within the delay came too late")
         #expect(await eventually(10) { s.pair.e2.store.count == 1000 })
 
         // u[1]: once its baseline is read after the delay, a packet (its timeout back up).

@@ -48,9 +48,10 @@ struct Pair {
     let port2: Int
 
     static func settings(node: String, source: String, peer: String, peerName: String, connections: Int,
-                         queueLimit: Int = 1 << 20, syncSettings: [SyncSettingPair] = [], listenPort: Int = 0) -> SyncSettings {
+                         queueLimit: Int = 1 << 20, syncSettings: [SyncSettingPair] = [], listenPort: Int = 0,
+                         vrf: String = "main") -> SyncSettings {
         SyncSettings(
-            vrf: "main", nodeID: node, peerName: peerName, source: source, peerAddress: peer, peerPort: 0,
+            vrf: vrf, nodeID: node, peerName: peerName, source: source, peerAddress: peer, peerPort: 0,
             listenPort: listenPort, peerIdentity: peerName, connections: connections,
             heartbeatInterval: .milliseconds(200), deadInterval: .milliseconds(1500), queueLimit: queueLimit,
             syncSettings: syncSettings)
@@ -60,7 +61,7 @@ struct Pair {
                      settings1: [SyncSettingPair] = [], settings2: [SyncSettingPair] = [],
                      logger1: Logger? = nil, logger2: Logger? = nil,
                      dataplane1: (any Dataplane)? = nil, dataplane2: (any Dataplane)? = nil,
-                     policy1: PolicySettings? = nil, policy2: PolicySettings? = nil) async throws -> Pair {
+                     policy1: PolicySettings? = nil, policy2: PolicySettings? = nil, vrf: String = "main") async throws -> Pair {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         var logger = Logger(label: "test")
         logger.logLevel = logLevel
@@ -68,12 +69,12 @@ struct Pair {
         let dp2 = MemoryDataplane(vrf: "main")
         let e1 = SyncEngine(
             settings: settings(node: "ha1", source: "127.0.0.1", peer: "127.0.0.2", peerName: "ha2", connections: connections,
-                               queueLimit: queueLimit, syncSettings: settings1),
+                               queueLimit: queueLimit, syncSettings: settings1, vrf: vrf),
             tls: try TestPKI.material(TestPKI.ha1), dataplane: dataplane1 ?? dp1, group: group, logger: logger1 ?? logger,
             policy: policy1)
         let e2 = SyncEngine(
             settings: settings(node: "ha2", source: "127.0.0.2", peer: "127.0.0.1", peerName: "ha1", connections: connections,
-                               queueLimit: queueLimit, syncSettings: settings2),
+                               queueLimit: queueLimit, syncSettings: settings2, vrf: vrf),
             tls: try TestPKI.material(TestPKI.ha2), dataplane: dataplane2 ?? dp2, group: group, logger: logger2 ?? logger,
             policy: policy2)
         let p1 = try await e1.startListening()
