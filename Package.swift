@@ -142,7 +142,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "NetlinkRouteTests", dependencies: ["NetlinkRoute", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "KeepstateCLITests", dependencies: ["KeepstateCLI", "Config"], swiftSettings: strict),
+        .testTarget(name: "KeepstateCLITests", dependencies: ["KeepstateCLI", "Config", "Daemon", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "DaemonTests",
             dependencies: ["Daemon", "Config", "Dataplane", "ConntrackModel", "SyncEngine", "PKI", "TestSupport",

@@ -170,8 +170,8 @@ public actor KeepstateDaemon {
                 return .failure("VRF \(v) is \(runtime.role.rawValue) here: run the forced synchronization on the master")
             }
             engine.resyncAll()
-            logger.notice("forced synchronization started", metadata: ["vrf": "\(v)", "conntracks": "\(runtime.dataplane.count)"])
-            return ControlReply(ok: true, message: "synchronization of VRF \(v) started (\(runtime.dataplane.count) conntracks)")
+            logger.notice("resync of every share requested by the operator", metadata: ["vrf": "\(v)", "conntracks": "\(runtime.dataplane.count)"])
+            return ControlReply(ok: true, message: "resync of VRF \(v) started (\(runtime.dataplane.count) conntracks); `keepstate show peer` shows each connection's last-resync")
         case .reload:
             return await reload()
         }

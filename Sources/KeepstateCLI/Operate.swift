@@ -188,9 +188,10 @@ struct Reload: ParsableCommand {
 
 struct Sync: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Forced synchronization of a VRF (on the master), before a planned failover.",
+        abstract: "Resync a VRF's whole table to the peer (on the master), before a planned failover.",
         discussion: """
-            Answers at once; the daemon logs the completion.
+            Answers at once. Each sync connection resends its share; `keepstate show peer` \
+            shows every connection's last-resync when it is done.
 
             Example:
               keepstate sync --vrf main

@@ -90,8 +90,7 @@ public final class BackupStore: Sendable {
             for u in updates {
                 switch u {
                 case .upsert(let c):
-                    let unchanged = s.table[c.key].map { $0.sameExceptTimeout(c) } ?? false
-                    s.table.upsert(c, tag: tag)
+                    let unchanged = s.table.replace(c, tag: tag)?.sameExceptTimeout(c) ?? false
                     if !unchanged { changes.append(u) }
                 case .delete(let k):
                     if s.table.remove(k) != nil { changes.append(u) }

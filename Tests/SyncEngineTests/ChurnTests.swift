@@ -2,6 +2,7 @@ import ConntrackModel
 import Dataplane
 import SyncEngine
 import Testing
+import TestSupport
 
 @Suite("Churn with connection failures", .serialized)
 struct ChurnTests {
