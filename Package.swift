@@ -146,7 +146,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "NetlinkRouteTests", dependencies: ["NetlinkRoute", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "KeepstateCLITests", dependencies: ["KeepstateCLI", "Config", "Daemon", "SyncEngine"], swiftSettings: strict),
+        .testTarget(name: "KeepstateCLITests", dependencies: ["KeepstateCLI", "Config", "Daemon", "SyncEngine", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "DaemonTests",
             dependencies: ["Daemon", "Config", "Dataplane", "ConntrackModel", "SyncEngine", "SyncPolicy", "PKI", "TestSupport",

@@ -141,7 +141,11 @@ static void flatten(const struct nf_conntrack *ct, ks_ct *out, uint8_t event) {
         out->repl_sport = ntohs(nfct_get_attr_u16(ct, ATTR_REPL_PORT_SRC));
         out->repl_dport = ntohs(nfct_get_attr_u16(ct, ATTR_REPL_PORT_DST));
     }
-    if (out->proto == IPPROTO_TCP) out->tcp_state = nfct_get_attr_u8(ct, ATTR_TCP_STATE);
+    if (out->proto == IPPROTO_TCP) {
+        out->tcp_state = nfct_get_attr_u8(ct, ATTR_TCP_STATE);
+        if (nfct_attr_is_set(ct, ATTR_TCP_FLAGS_ORIG) > 0) out->tcp_flags_orig = nfct_get_attr_u8(ct, ATTR_TCP_FLAGS_ORIG);
+        if (nfct_attr_is_set(ct, ATTR_TCP_FLAGS_REPL) > 0) out->tcp_flags_repl = nfct_get_attr_u8(ct, ATTR_TCP_FLAGS_REPL);
+    }
     out->status = nfct_get_attr_u32(ct, ATTR_STATUS);
     out->timeout = nfct_get_attr_u32(ct, ATTR_TIMEOUT);
     out->mark = nfct_get_attr_u32(ct, ATTR_MARK);
@@ -209,6 +213,15 @@ int ks_ct_read_events(struct nfct_handle *h, ks_ct_sink sink, void *context) {
     return delivered;
 }
 
+/// Window tracking that accepts any in-window-ish segment, both directions (the mask limits the
+/// change to this one flag).
+static void set_be_liberal(struct nf_conntrack *ct) {
+    nfct_set_attr_u8(ct, ATTR_TCP_FLAGS_ORIG, IP_CT_TCP_FLAG_BE_LIBERAL);
+    nfct_set_attr_u8(ct, ATTR_TCP_MASK_ORIG, IP_CT_TCP_FLAG_BE_LIBERAL);
+    nfct_set_attr_u8(ct, ATTR_TCP_FLAGS_REPL, IP_CT_TCP_FLAG_BE_LIBERAL);
+    nfct_set_attr_u8(ct, ATTR_TCP_MASK_REPL, IP_CT_TCP_FLAG_BE_LIBERAL);
+}
+
 static void build(struct nf_conntrack *ct, const ks_ct *in, int op, int be_liberal) {
     nfct_set_attr_u8(ct, ATTR_ORIG_L3PROTO, in->family == 6 ? AF_INET6 : AF_INET);
     nfct_set_attr_u8(ct, ATTR_REPL_L3PROTO, in->family == 6 ? AF_INET6 : AF_INET);
@@ -243,7 +256,10 @@ static void build(struct nf_conntrack *ct, const ks_ct *in, int op, int be_liber
         return;
     }
     if (op == KS_OP_UPDATE) {
-        if (in->proto == IPPROTO_TCP) nfct_set_attr_u8(ct, ATTR_TCP_STATE, in->tcp_state);
+        if (in->proto == IPPROTO_TCP) {
+            nfct_set_attr_u8(ct, ATTR_TCP_STATE, in->tcp_state);
+            if (be_liberal) set_be_liberal(ct);
+        }
         nfct_set_attr_u32(ct, ATTR_TIMEOUT, in->timeout);
         nfct_set_attr_u32(ct, ATTR_MARK, in->mark);
         return;
@@ -300,12 +316,7 @@ static void build(struct nf_conntrack *ct, const ks_ct *in, int op, int be_liber
     }
     if (in->proto == IPPROTO_TCP) {
         nfct_set_attr_u8(ct, ATTR_TCP_STATE, in->tcp_state);
-        if (be_liberal) {
-            nfct_set_attr_u8(ct, ATTR_TCP_FLAGS_ORIG, IP_CT_TCP_FLAG_BE_LIBERAL);
-            nfct_set_attr_u8(ct, ATTR_TCP_MASK_ORIG, IP_CT_TCP_FLAG_BE_LIBERAL);
-            nfct_set_attr_u8(ct, ATTR_TCP_FLAGS_REPL, IP_CT_TCP_FLAG_BE_LIBERAL);
-            nfct_set_attr_u8(ct, ATTR_TCP_MASK_REPL, IP_CT_TCP_FLAG_BE_LIBERAL);
-        }
+        if (be_liberal) set_be_liberal(ct);
     }
     // Only the bits userspace may set; NAT bits follow from the NAT attributes, and an
     // injected conntrack is never EXPECTED (IPS_SEEN_REPLY | IPS_ASSURED | fixed timeout ok).

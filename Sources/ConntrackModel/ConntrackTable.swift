@@ -60,17 +60,24 @@ public struct ConntrackTable<Tag: Sendable & BitwiseCopyable>: Sendable {
     /// Inserts or replaces. Returns true when the key was new.
     @discardableResult
     public mutating func upsert(_ conntrack: Conntrack, tag: Tag) -> Bool {
+        replace(conntrack, tag: tag) == nil
+    }
+
+    /// Inserts or replaces with one lookup; returns the entry it replaced (nil: the key was new).
+    @discardableResult
+    public mutating func replace(_ conntrack: Conntrack, tag: Tag) -> Conntrack? {
         let (slot, existing) = findSlot(conntrack.key)
         if let e = existing {
+            let old = entries[e]
             entries[e] = conntrack
             tags[e] = tag
-            return false
+            return old
         }
         slots[slot] = UInt32(entries.count + 1)
         entries.append(conntrack)
         tags.append(tag)
         if entries.count * 2 > slots.count { grow() }
-        return true
+        return nil
     }
 
     /// Replaces the tag of an existing entry. Returns false when the key is absent.

@@ -46,6 +46,29 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     }
 }
 
+extension ControlRequest {
+    private struct Versioned: Decodable { var version: Int }
+
+    /// Decodes one request line (without its newline).
+    public static func decode(_ line: some Collection<UInt8>) throws(ControlRequestError) -> ControlRequest {
+        guard line.count <= ControlProtocol.maximumRequestBytes else { throw ControlRequestError.tooLong(line.count) }
+        // The version first, so that a newer client gets a clear answer rather than a schema error.
+        let data = Data(line)
+        let versioned: Versioned
+        do {
+            versioned = try JSONDecoder().decode(Versioned.self, from: data)
+        } catch {
+            throw ControlRequestError.notJSON(ControlRequestError.explain(error))
+        }
+        guard versioned.version == ControlProtocol.version else { throw ControlRequestError.unsupportedVersion(versioned.version) }
+        do {
+            return try JSONDecoder().decode(ControlRequest.self, from: data)
+        } catch {
+            throw ControlRequestError.notJSON(ControlRequestError.explain(error))
+        }
+    }
+}
+
 /// What can be wrong with a request; the reply's `error` says it in words.
 public enum ControlRequestError: Error, Equatable, CustomStringConvertible {
     case tooLong(Int)
@@ -62,27 +85,6 @@ public enum ControlRequestError: Error, Equatable, CustomStringConvertible {
             return "request version \(v) not supported (this daemon speaks version \(ControlProtocol.version))"
         }
     }
-
-    /// Decodes one request line (without its newline).
-    public static func decode(_ line: some Collection<UInt8>) throws(ControlRequestError) -> ControlRequest {
-        guard line.count <= ControlProtocol.maximumRequestBytes else { throw .tooLong(line.count) }
-        // The version first, so that a newer client gets a clear answer rather than a schema error.
-        let data = Data(line)
-        let versioned: Versioned
-        do {
-            versioned = try JSONDecoder().decode(Versioned.self, from: data)
-        } catch {
-            throw .notJSON(Self.explain(error))
-        }
-        guard versioned.version == ControlProtocol.version else { throw .unsupportedVersion(versioned.version) }
-        do {
-            return try JSONDecoder().decode(ControlRequest.self, from: data)
-        } catch {
-            throw .notJSON(Self.explain(error))
-        }
-    }
-
-    private struct Versioned: Decodable { var version: Int }
 
     static func explain(_ error: any Error) -> String {
         switch error {

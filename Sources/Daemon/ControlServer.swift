@@ -84,7 +84,7 @@ private final class ControlConnectionHandler: ChannelInboundHandler, @unchecked 
             let line = buffer[..<nl]
             let request: ControlRequest
             do {
-                request = try ControlRequestError.decode(line)
+                request = try ControlRequest.decode(line)
             } catch {
                 reply(.failure("\(error)"), context: context)
                 return
@@ -105,7 +105,12 @@ private final class ControlConnectionHandler: ChannelInboundHandler, @unchecked 
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is IdleStateHandler.IdleStateEvent {
-            if answered { context.close(promise: nil); return }
+            // While the daemon is still working on the request (a takeover may wait for queued
+            // writes), the client waits for its answer: only an idle client is closed.
+            if answered {
+                if replied { context.close(promise: nil) }
+                return
+            }
             answered = true
             reply(.failure("no complete request within 10 s"), context: context)
         } else if case ChannelEvent.inputClosed = event {

@@ -15,10 +15,12 @@ public struct DaemonService: Service {
     }
 
     public func run() async throws {
+        // SIGHUP is trapped before readiness is reported: a reload sent right after start must
+        // not meet the default action (terminate).
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
         let daemon = try KeepstateDaemon(options: options, logger: logger)
         try await daemon.start()
         SystemdNotify.send("READY=1\nSTATUS=keepstate running")
-        let hangups = await UnixSignalsSequence(trapping: .sighup)
         for await _ in hangups.cancelOnGracefulShutdown() {
             logger.notice("SIGHUP: reloading the configuration")
             let reply = await daemon.reload()

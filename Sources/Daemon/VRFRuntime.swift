@@ -126,9 +126,7 @@ final class VRFRuntime {
 
     nonisolated(nonsending) func setRole(_ new: SyncRole) async {
         guard new != role else { return }
-        if new == .master, lastTakeover == nil || role == .backup {
-            _ = await prepareMaster()
-        }
+        if new == .master { _ = await prepareMaster() }
         role = new
         guard let engine else { return }
         engine.setRole(new)
@@ -172,9 +170,3 @@ final class VRFRuntime {
     }
 }
 
-extension Duration {
-    var seconds: Double {
-        let c = components
-        return Double(c.seconds) + Double(c.attoseconds) / 1e18
-    }
-}

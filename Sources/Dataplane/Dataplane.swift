@@ -94,10 +94,16 @@ public struct RearmResult: Sendable, Equatable {
     public var vanished: Int
     /// Entries left as they were (no timeout given, or refreshed by traffic before the dump).
     public var skipped: Int
-    public init(rearmed: Int = 0, vanished: Int = 0, skipped: Int = 0) {
+    /// Entries whose write the kernel refused: they keep the hold timeout.
+    public var refused: Int
+    /// errno of the first refusal, 0 if none.
+    public var firstError: Int32
+    public init(rearmed: Int = 0, vanished: Int = 0, skipped: Int = 0, refused: Int = 0, firstError: Int32 = 0) {
         self.rearmed = rearmed
         self.vanished = vanished
         self.skipped = skipped
+        self.refused = refused
+        self.firstError = firstError
     }
 }
 

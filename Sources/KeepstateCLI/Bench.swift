@@ -252,10 +252,3 @@ struct Bench: AsyncParsableCommand {
         return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
     }
 }
-
-extension Duration {
-    var seconds: Double {
-        let (s, atto) = components
-        return Double(s) + Double(atto) / 1e18
-    }
-}

@@ -97,7 +97,7 @@ struct Demo: AsyncParsableCommand {
         pair.e2.setRole(.master)
         say("   \(held.count) synced conntracks forwardable in ha2's dataplane \(took) after the takeover decision")
         check("ha2's dataplane holds every synced conntrack (tuples, NAT, state, mark)",
-              pair.dp2.count == held.count && tablesEqualExceptTimeout(pair.dp2.dump(), held))
+              pair.dp2.count == held.count && tablesEqual(pair.dp2.dump(), held) { $0.sameExceptTimeout($1) })
 
         say("== 4. ha1 restarts with an empty table and is resynced by ha2")
         try await pair.restartNode1()

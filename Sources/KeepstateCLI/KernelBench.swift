@@ -40,14 +40,19 @@ enum KernelBench {
         try? value.write(toFile: "/proc/sys/" + key.replacingOccurrences(of: ".", with: "/"), atomically: false, encoding: .utf8)
     }
 
+    /// Raises a root-namespace sysctl to at least `value` for a run; returns what puts the old
+    /// value back (nothing to do when it was high enough or unreadable).
+    static func raise(_ key: String, atLeast value: Int) -> () -> Void {
+        guard let old = sysctl(key), let current = Int(old), current < value else { return {} }
+        setSysctl(key, "\(value)")
+        return { setSysctl(key, old) }
+    }
+
     /// Measures one size. Raises nf_conntrack_max in the root namespace for the run (it is
     /// read-only inside a namespace) and puts the old value back.
     static func measure(entries n: Int) throws -> Figures {
-        let oldMax = sysctl("net.netfilter.nf_conntrack_max")
-        if let oldMax, let current = Int(oldMax), current < n + 1024 {
-            setSysctl("net.netfilter.nf_conntrack_max", "\(n + 1024)")
-        }
-        defer { if let oldMax { setSysctl("net.netfilter.nf_conntrack_max", oldMax) } }
+        let restoreMax = raise("net.netfilter.nf_conntrack_max", atLeast: n + 1024)
+        defer { restoreMax() }
         let ns = "ks-bench-\(getpid())"
         _ = try? run(["ip", "netns", "del", ns])
         let made = try run(["ip", "netns", "add", ns])
@@ -91,18 +96,12 @@ enum KernelBench {
     /// the master's `n` conntracks are held in the backup's kernel table, then the master dies
     /// and the backup takes over.
     static func failover(entries n: Int, connections: Int) async throws -> Failover {
-        let oldMax = sysctl("net.netfilter.nf_conntrack_max")
-        if let oldMax, let current = Int(oldMax), current < 2 * n + 1024 {
-            setSysctl("net.netfilter.nf_conntrack_max", "\(2 * n + 1024)")
-        }
-        defer { if let oldMax { setSysctl("net.netfilter.nf_conntrack_max", oldMax) } }
+        let restoreMax = raise("net.netfilter.nf_conntrack_max", atLeast: 2 * n + 1024)
+        defer { restoreMax() }
         // Two tables of n share the kernel's one hash table: chains that grow too long make the
         // kernel refuse insertions (ENOSPC), so it gets a bucket per entry for the run.
-        let oldBuckets = sysctl("net.netfilter.nf_conntrack_buckets")
-        if let oldBuckets, let current = Int(oldBuckets), current < 2 * n {
-            setSysctl("net.netfilter.nf_conntrack_buckets", "\(2 * n)")
-        }
-        defer { if let oldBuckets { setSysctl("net.netfilter.nf_conntrack_buckets", oldBuckets) } }
+        let restoreBuckets = raise("net.netfilter.nf_conntrack_buckets", atLeast: 2 * n)
+        defer { restoreBuckets() }
         let names = ["ks-fo-m-\(getpid())", "ks-fo-b-\(getpid())"]
         for ns in names {
             _ = try? run(["ip", "netns", "del", ns])

@@ -107,24 +107,16 @@ func waitUntil(timeout: Duration, every: Duration = .milliseconds(2), _ conditio
     return await condition()
 }
 
-func tablesEqual(_ a: [Conntrack], _ b: [Conntrack]) -> Bool {
-    guard a.count == b.count else { return false }
-    var d: [ConntrackKey: Conntrack] = [:]
-    d.reserveCapacity(a.count)
-    for c in a { d[c.key] = c }
-    for c in b where d[c.key] != c { return false }
-    return true
-}
-
-/// As `tablesEqual`, but timeouts may differ: a backup's dataplane holds entries with its own
-/// hold timeout, and only changes of anything else are written to it.
-func tablesEqualExceptTimeout(_ a: [Conntrack], _ b: [Conntrack]) -> Bool {
+/// Whether two tables hold the same keys with entries that `same` finds equal (default: equal
+/// in every field; a backup's dataplane compares with `sameExceptTimeout`, since it holds entries
+/// with its own hold timeout and only other changes are written to it).
+func tablesEqual(_ a: [Conntrack], _ b: [Conntrack], _ same: (Conntrack, Conntrack) -> Bool = { $0 == $1 }) -> Bool {
     guard a.count == b.count else { return false }
     var d: [ConntrackKey: Conntrack] = [:]
     d.reserveCapacity(a.count)
     for c in a { d[c.key] = c }
     for c in b {
-        guard let o = d[c.key], o.sameExceptTimeout(c) else { return false }
+        guard let o = d[c.key], same(o, c) else { return false }
     }
     return true
 }

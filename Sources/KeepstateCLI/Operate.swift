@@ -204,7 +204,12 @@ struct Sync: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Forced synchronization of a VRF (on the master), before a planned failover.",
         discussion: """
-            Answers at once; the daemon logs the completion.
+            Reads the whole table and sends every eligible conntrack now, those still waiting \
+            for their synchronization delay included, each stamped with the instant of the read. \
+            A failover within a conntrack's timeout after this counts that timeout from the read \
+            instead of from the switch (docs/semantics.md). Answers at once; the log line \
+            `forced synchronization complete` gives the counts and the duration: wait for it \
+            before switching over.
 
             Example:
               keepstate sync --vrf main

@@ -175,9 +175,15 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
                 defer { writeLock.unlock() }
                 errors = try command.setTimeouts(part).errors
             }
+            // A refusal does not stop the re-arm of the others.
             for e in errors {
-                if e == 0 { result.rearmed += 1 } else if e == ENOENT { result.vanished += 1 } else {
-                    throw WriteError(rejected: 1, firstError: e)
+                if e == 0 {
+                    result.rearmed += 1
+                } else if e == ENOENT {
+                    result.vanished += 1
+                } else {
+                    result.refused += 1
+                    if result.firstError == 0 { result.firstError = e }
                 }
             }
         }
@@ -197,11 +203,7 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
             }
         }
         let (formerCreated, formerDeleted) = state.withLock { s in
-            let fc = creates.map { s.mirror[$0.key] }
-            let fd = deletes.map { s.mirror[$0] }
-            for c in creates { s.mirror.upsert(c, tag: 0) }
-            for k in deletes { s.mirror.remove(k) }
-            return (fc, fd)
+            (creates.map { s.mirror.replace($0, tag: 0) }, deletes.map { s.mirror.remove($0) })
         }
         if let holdTimeout {
             for i in creates.indices { creates[i].timeout = holdTimeout }

@@ -85,10 +85,12 @@ public final class ConntrackNetlink: @unchecked Sendable {
     }
 
     private final class Collector {
+        enum Keep { case conntracks, events, liberal }
         var conntracks: [Conntrack] = []
         var events: [ConntrackEvent] = []
-        let keepEvents: Bool
-        init(keepEvents: Bool) { self.keepEvents = keepEvents }
+        var liberal: Set<ConntrackKey> = []
+        let keep: Keep
+        init(_ keep: Keep) { self.keep = keep }
     }
 
     private static let sink: ks_ct_sink = { cts, count, context in
@@ -96,17 +98,32 @@ public final class ConntrackNetlink: @unchecked Sendable {
         let collector = Unmanaged<Collector>.fromOpaque(context).takeUnretainedValue()
         for i in 0..<Int(count) {
             let c = ConntrackNetlink.conntrack(cts[i])
-            if collector.keepEvents {
+            switch collector.keep {
+            case .events:
                 collector.events.append(ConntrackEvent(kind: ConntrackEventKind(rawValue: cts[i].event) ?? .update, conntrack: c))
-            } else {
+            case .conntracks:
                 collector.conntracks.append(c)
+            case .liberal:
+                let flag = UInt8(KS_TCP_FLAG_BE_LIBERAL)
+                if cts[i].tcp_flags_orig & flag != 0 && cts[i].tcp_flags_repl & flag != 0 { collector.liberal.insert(c.key) }
             }
         }
     }
 
+    /// The TCP conntracks whose window tracking is liberal in both directions (a diagnostic:
+    /// every held or committed TCP entry must be).
+    public func beLiberalKeys() throws(NetfilterError) -> Set<ConntrackKey> {
+        let collector = Collector(.liberal)
+        let r = withExtendedLifetime(collector) {
+            ks_ct_dump(handle, 0, Self.sink, Unmanaged.passUnretained(collector).toOpaque())
+        }
+        guard r == 0 else { throw NetfilterError(operation: "dump", errno: Glibc.errno) }
+        return collector.liberal
+    }
+
     /// Every conntrack of the table (of one family, or both).
     public func dump(family: AddressFamily? = nil) throws(NetfilterError) -> [Conntrack] {
-        let collector = Collector(keepEvents: false)
+        let collector = Collector(.conntracks)
         let r = withExtendedLifetime(collector) {
             ks_ct_dump(handle, family?.rawValue ?? 0, Self.sink, Unmanaged.passUnretained(collector).toOpaque())
         }
@@ -123,7 +140,7 @@ public final class ConntrackNetlink: @unchecked Sendable {
     public func get(_ keys: [ConntrackKey]) throws(NetfilterError) -> (found: [Conntrack], gone: [ConntrackKey]) {
         guard !keys.isEmpty else { return ([], []) }
         let flats = keys.map { Self.flat(Conntrack(family: $0.family, proto: $0.proto, original: $0.original, timeout: 0, zone: $0.zone)) }
-        let collector = Collector(keepEvents: false)
+        let collector = Collector(.conntracks)
         var errors = [Int32](repeating: 0, count: flats.count)
         let base = nextSequence
         nextSequence &+= UInt32(truncatingIfNeeded: flats.count)
@@ -141,7 +158,7 @@ public final class ConntrackNetlink: @unchecked Sendable {
 
     /// Reads the events waiting on a non-blocking event socket.
     public func readEvents() throws(NetfilterError) -> [ConntrackEvent] {
-        let collector = Collector(keepEvents: true)
+        let collector = Collector(.events)
         let r = withExtendedLifetime(collector) {
             ks_ct_read_events(handle, Self.sink, Unmanaged.passUnretained(collector).toOpaque())
         }
@@ -166,9 +183,10 @@ public final class ConntrackNetlink: @unchecked Sendable {
     }
 
     /// Changes existing conntracks' TCP state, timeout and mark (the kernel refuses to change NAT
-    /// and status bits of an existing entry).
-    public func update(_ conntracks: [Conntrack]) throws(NetfilterError) -> WriteResult {
-        try write(conntracks.map(Self.flat), op: Int32(KS_OP_UPDATE), beLiberal: false, what: "update")
+    /// and status bits of an existing entry); with `beLiberal`, TCP entries also get the
+    /// be-liberal window flags.
+    public func update(_ conntracks: [Conntrack], beLiberal: Bool = false) throws(NetfilterError) -> WriteResult {
+        try write(conntracks.map(Self.flat), op: Int32(KS_OP_UPDATE), beLiberal: beLiberal, what: "update")
     }
 
     /// Sets existing conntracks' timeouts (each entry's `timeout`) and changes nothing else, so
@@ -183,7 +201,9 @@ public final class ConntrackNetlink: @unchecked Sendable {
         var result = try create(conntracks, beLiberal: beLiberal)
         let existing = result.errors.indices.filter { result.errors[$0] == EEXIST }
         guard !existing.isEmpty else { return result }
-        let second = try update(existing.map { conntracks[$0] })
+        // An entry that exists may be this node's own, with a window the peer's packets do not
+        // fit: it gets the be-liberal flags too, or mid-stream segments are dropped as invalid.
+        let second = try update(existing.map { conntracks[$0] }, beLiberal: beLiberal)
         for (i, e) in zip(existing, second.errors) { result.errors[i] = e }
         return result
     }

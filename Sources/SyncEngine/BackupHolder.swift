@@ -17,6 +17,14 @@ public struct HolderStatistics: Sendable, Equatable {
     public init() {}
 }
 
+extension Duration {
+    /// The duration in seconds, for logs, reports and `Date` arithmetic.
+    public var seconds: Double {
+        let c = components
+        return Double(c.seconds) + Double(c.attoseconds) / 1e18
+    }
+}
+
 /// Writes what the backup store receives into the dataplane, in the store's order, on a thread
 /// of its own so that the receiving connections never wait for the kernel.
 ///
@@ -64,7 +72,7 @@ final class BackupHolder: @unchecked Sendable {
         self.dataplane = dataplane
         self.logger = logger
         self.storeEntries = storeEntries
-        nextRehold = Date().addingTimeInterval(policy.rearmInterval.seconds)
+        nextRehold = Date() + policy.rearmInterval.seconds
         let t = Thread { [self] in run() }
         t.name = "keepstate-hold-\(dataplane.vrf)"
         t.start()
@@ -202,8 +210,17 @@ final class BackupHolder: @unchecked Sendable {
     }
 
     private func write(_ batch: [ConntrackUpdate], attempt: Int = 0) {
+        // A retry that comes after a takeover writes the entry with its own timeout: the re-arm
+        // has already run, and a hold timeout written now would never be taken back.
+        cond.lock()
+        let holding = reholding
+        cond.unlock()
         do {
-            try dataplane.hold(batch, timeout: policy.timeout)
+            if holding {
+                try dataplane.hold(batch, timeout: policy.timeout)
+            } else {
+                try dataplane.apply(batch)
+            }
             record { $0.written += batch.count }
         } catch {
             let rejection = error as? any DataplaneWriteRejection
@@ -246,7 +263,7 @@ final class BackupHolder: @unchecked Sendable {
         }
         cond.lock()
         stats.reholds += 1
-        nextRehold = Date().addingTimeInterval(policy.rearmInterval.seconds)
+        nextRehold = Date() + policy.rearmInterval.seconds
         cond.unlock()
         logger.debug("re-held synced conntracks", metadata: ["entries": "\(entries.count)"])
     }
@@ -262,7 +279,13 @@ final class BackupHolder: @unchecked Sendable {
             }
             logger.notice(
                 "re-armed timeouts after takeover",
-                metadata: ["rearmed": "\(result.rearmed)", "vanished": "\(result.vanished)", "skipped": "\(result.skipped)", "duration": "\(took)"])
+                metadata: ["rearmed": "\(result.rearmed)", "vanished": "\(result.vanished)", "skipped": "\(result.skipped)",
+                           "refused": "\(result.refused)", "duration": "\(took)"])
+            if result.refused > 0 {
+                record { $0.lastError = "re-arm: the kernel refused \(result.refused) timeout write(s), errno \(result.firstError)" }
+                logger.error("some held entries keep their hold timeout after the takeover: the kernel refused their re-arm",
+                             metadata: ["refused": "\(result.refused)", "errno": "\(result.firstError)"])
+            }
         } catch {
             record { $0.lastError = "re-arm: \(error)" }
             logger.error("re-arm after takeover failed; held entries keep their hold timeout", metadata: ["error": "\(error)"])

@@ -124,9 +124,8 @@ public final class BackupStore: Sendable {
                 case .upsert(let c):
                     let tag = StoreTag(epoch: epoch, share: s8,
                                        activity: stamp(ageMilliseconds: r.activityAgeMilliseconds, receivedAt: receivedAt))
-                    let unchanged = onChange == nil || (s.table[c.key].map { $0.sameExceptTimeout(c) } ?? false)
-                    s.table.upsert(c, tag: tag)
-                    if !unchanged { changes.append(r.update) }
+                    let previous = s.table.replace(c, tag: tag)
+                    if onChange != nil && !(previous?.sameExceptTimeout(c) ?? false) { changes.append(r.update) }
                 case .delete(let k):
                     if s.table.remove(k) != nil && onChange != nil { changes.append(r.update) }
                 }

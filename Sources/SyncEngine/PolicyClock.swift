@@ -15,11 +15,3 @@ public enum PolicyClock {
         .uptimeNanoseconds(UInt64(max(p.nanoseconds, 0)))
     }
 }
-
-extension Duration {
-    /// In seconds, as a `Double` (logs, statistics, timers).
-    var seconds: Double {
-        let c = components
-        return Double(c.seconds) + Double(c.attoseconds) / 1e18
-    }
-}

@@ -118,6 +118,9 @@ final class ShareConnection: @unchecked Sendable {
         connectInFlight = true
         stats.connectionStatus = .connecting
         session = SenderSession()
+        // Heartbeats start with this connection's hello (`tlsEstablished`), on the channel that
+        // sent it: a liveness left from the previous connection would make `tick` write a
+        // heartbeat that NIOSSL flushes ahead of the hello, and the peer refuses that.
         liveness = nil
         helloChannel = nil
         let context = tls.clientContext

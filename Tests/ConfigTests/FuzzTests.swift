@@ -38,26 +38,32 @@ import Config
     @Test func mutatedValidFileNeverCrashes() throws {
         let dir = try TempDir()
         defer { dir.cleanup() }
-        // Tokens of the golden file, keeping line breaks as their own tokens.
-        let tokens = golden.split(separator: "\n", omittingEmptySubsequences: false)
-            .flatMap { $0.split(separator: " ").map(String.init) + ["\n"] }
-        var rng = SplitMix64(seed: 42)
         var parsed = 0
-        for _ in 0..<2000 {
-            var t = tokens
-            for _ in 0...(rng.next() % 3) {
-                let i = Int(rng.next() % UInt64(t.count))
-                let j = Int(rng.next() % UInt64(t.count))
-                switch rng.next() % 3 {
-                case 0: t.remove(at: i)
-                case 1: t.insert(t[i], at: j)
-                default: t.swapAt(i, j)
-                }
-            }
-            let text = t.joined(separator: " ")
+        for text in tokenMutations(of: golden, seed: 42, count: 2000) {
             if (try? ConfigLoader.parse(text: text, file: "f.conf", baseDirectory: dir.path)) != nil { parsed += 1 }
             check(text, base: dir.path)
         }
         #expect(parsed > 0 && parsed < 2000)
+    }
+}
+
+/// `count` variants of `text`, each with one to four tokens removed, duplicated or swapped (line
+/// breaks are tokens of their own), from a seeded generator.
+func tokenMutations(of text: String, seed: UInt64, count: Int) -> [String] {
+    let tokens = text.split(separator: "\n", omittingEmptySubsequences: false)
+        .flatMap { $0.split(separator: " ").map(String.init) + ["\n"] }
+    var rng = SplitMix64(seed: seed)
+    return (0..<count).map { _ in
+        var t = tokens
+        for _ in 0...(rng.next() % 3) {
+            let i = Int(rng.next() % UInt64(t.count))
+            let j = Int(rng.next() % UInt64(t.count))
+            switch rng.next() % 3 {
+            case 0: t.remove(at: i)
+            case 1: t.insert(t[i], at: j)
+            default: t.swapAt(i, j)
+            }
+        }
+        return t.joined(separator: " ")
     }
 }

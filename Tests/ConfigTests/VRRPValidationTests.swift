@@ -343,22 +343,8 @@ private let allowedInstance = "state, interface, virtual_router_id, priority, ad
     @Test func mutatedKeepalivedConfNeverCrashes() throws {
         let dir = try TempDir()
         defer { dir.cleanup() }
-        let tokens = keepalivedConf.split(separator: "\n", omittingEmptySubsequences: false)
-            .flatMap { $0.split(separator: " ").map(String.init) + ["\n"] }
-        var rng = SplitMix64(seed: 0x7672_7270)
         var parsed = 0
-        for _ in 0..<1500 {
-            var t = tokens
-            for _ in 0...(rng.next() % 3) {
-                let i = Int(rng.next() % UInt64(t.count))
-                let j = Int(rng.next() % UInt64(t.count))
-                switch rng.next() % 3 {
-                case 0: t.remove(at: i)
-                case 1: t.insert(t[i], at: j)
-                default: t.swapAt(i, j)
-                }
-            }
-            let text = t.joined(separator: " ")
+        for text in tokenMutations(of: keepalivedConf, seed: 0x7672_7270, count: 1500) {
             do {
                 _ = try ConfigLoader.parse(text: text, file: "f.conf", baseDirectory: dir.path)
                 parsed += 1

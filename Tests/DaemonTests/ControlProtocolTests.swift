@@ -30,20 +30,20 @@ struct PolicyMappingTests {
 struct ControlProtocolTests {
     @Test("a request round-trips; unknown versions, commands and non-JSON are refused with a reason")
     func decoding() throws {
-        let ok = try ControlRequestError.decode(Array(#"{"version":1,"command":"set-state","group":"g1","state":"master"}"#.utf8))
+        let ok = try ControlRequest.decode(Array(#"{"version":1,"command":"set-state","group":"g1","state":"master"}"#.utf8))
         #expect(ok == ControlRequest(command: .setState, group: "g1", state: "master"))
         #expect(throws: ControlRequestError.unsupportedVersion(2)) {
-            try ControlRequestError.decode(Array(#"{"version":2,"command":"whatever-new"}"#.utf8))
+            try ControlRequest.decode(Array(#"{"version":2,"command":"whatever-new"}"#.utf8))
         }
         #expect(throws: ControlRequestError.notJSON("bad value for \"command\"")) {
-            try ControlRequestError.decode(Array(#"{"version":1,"command":"format-disk"}"#.utf8))
+            try ControlRequest.decode(Array(#"{"version":1,"command":"format-disk"}"#.utf8))
         }
         #expect(throws: ControlRequestError.notJSON("missing field \"version\"")) {
-            try ControlRequestError.decode(Array(#"{"command":"sync"}"#.utf8))
+            try ControlRequest.decode(Array(#"{"command":"sync"}"#.utf8))
         }
-        #expect(throws: ControlRequestError.notJSON("malformed JSON")) { try ControlRequestError.decode(Array("show state".utf8)) }
+        #expect(throws: ControlRequestError.notJSON("malformed JSON")) { try ControlRequest.decode(Array("show state".utf8)) }
         #expect(throws: ControlRequestError.tooLong(20000)) {
-            try ControlRequestError.decode([UInt8](repeating: 0x20, count: 20000))
+            try ControlRequest.decode([UInt8](repeating: 0x20, count: 20000))
         }
     }
 
@@ -54,7 +54,7 @@ struct ControlProtocolTests {
         for _ in 0..<2000 {
             var s = ""
             for _ in 0..<Int.random(in: 0..<12, using: &rng) { s += pieces.randomElement(using: &rng)! }
-            _ = try? ControlRequestError.decode(Array(s.utf8))
+            _ = try? ControlRequest.decode(Array(s.utf8))
         }
     }
 

@@ -6,6 +6,7 @@ import Logging
 import PKI
 import Synchronization
 import Testing
+import TestSupport
 
 /// A temporary directory removed at the end of the test.
 final class TempDir {
@@ -114,14 +115,7 @@ func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async thro
     }
 }
 
-func eventually(_ seconds: Double = 20, _ condition: () async throws -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
-    while ContinuousClock.now < deadline {
-        if (try? await condition()) == true { return true }
-        try? await Task.sleep(for: .milliseconds(20))
-    }
-    return (try? await condition()) == true
-}
+
 
 @Suite("The daemon, two nodes in one process", .serialized)
 struct DaemonTests {

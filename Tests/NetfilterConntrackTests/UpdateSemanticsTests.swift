@@ -24,4 +24,20 @@ struct UpdateSemanticsTests {
         let wrong = back.filter { !($0.timeout > 850 && $0.mark == 5) }
         #expect(wrong.isEmpty, "\(wrong.count) not updated, e.g. \(wrong.prefix(3).map(\.description))")
     }
+
+    /// A router that comes back keeps its own conntracks, whose TCP windows the new master's
+    /// traffic may not fit; the drill saw every flow stall at failback until those entries were
+    /// made liberal. Upserting over them must set the be-liberal flags, not just state and timeout.
+    @Test("upserting over this node's own TCP conntracks makes their window tracking liberal")
+    func upsertMakesExistingLiberal() throws {
+        let ns = try TestNamespace("liberal")
+        let nl = try ConntrackNetlink(netnsPath: ns.path)
+        let tcp = (0..<UInt64(60)).map { Conntrack.sample($0) }.filter { $0.proto == .tcp }
+        #expect(!tcp.isEmpty)
+        // Made as the kernel would for its own traffic: not liberal.
+        #expect(try nl.create(tcp, beLiberal: false).rejected == 0)
+        #expect(try nl.beLiberalKeys().isEmpty)
+        #expect(try nl.upsert(tcp).rejected == 0)
+        #expect(try nl.beLiberalKeys() == Set(tcp.map(\.key)))
+    }
 }

@@ -3,6 +3,7 @@ import Dataplane
 import Foundation
 import SyncEngine
 import Testing
+import TestSupport
 
 @Suite("Backup store ownership")
 struct BackupStoreTests {
@@ -45,7 +46,12 @@ final class FlakyDataplane: Dataplane, @unchecked Sendable {
     func snapshot(share: Int, of count: Int) -> [Conntrack] { inner.snapshot(share: share, of: count) }
     func subscribe(_ sink: @escaping @Sendable ([ConntrackUpdate]) -> Void) -> DataplaneSubscription { inner.subscribe(sink) }
     func unsubscribe(_ subscription: DataplaneSubscription) { inner.unsubscribe(subscription) }
-    func apply(_ updates: [ConntrackUpdate]) throws { inner.apply(updates) }
+    /// Entries written with their own timeout (not held), as after a takeover.
+    private(set) var applied = 0
+    func apply(_ updates: [ConntrackUpdate]) throws {
+        lock.withLock { applied += updates.count }
+        inner.apply(updates)
+    }
     func held(above threshold: UInt32) throws -> [Conntrack] { inner.held(above: threshold) }
     func rearm(above threshold: UInt32, timeout: (Conntrack) -> UInt32?) throws -> RearmResult {
         inner.rearm(above: threshold, timeout: timeout)
@@ -64,7 +70,7 @@ final class FlakyDataplane: Dataplane, @unchecked Sendable {
 
 @Suite("Holding in the dataplane")
 struct HolderTests {
-    @Test("entries the dataplane refuses are written again, and a takeover does not wait for the retries")
+    @Test("entries the dataplane refuses are written again; a takeover does not wait for the retries, which then write own timeouts")
     func refusedEntriesAreRetried() async throws {
         let flaky = FlakyDataplane()
         let pair = try await Pair.make(connections: 2, logLevel: .critical, dataplane2: flaky)
@@ -72,9 +78,14 @@ struct HolderTests {
         pair.e1.setRole(.master)
         pair.startSending()
         #expect(await eventually { pair.e2.store.count == 300 })
-        // Every key was refused once: a takeover right now returns without waiting for them.
+        // Every key was refused once, and the first retry comes 1 s later: a takeover now returns
+        // without waiting for it (had it waited, the retried entries would be there).
         _ = await pair.e2.prepareTakeover()
+        #expect(flaky.count < 300, "prepareTakeover waited for the retries")
+        pair.e2.setRole(.master)
         #expect(await eventually(10) { flaky.count == 300 }, "the retries wrote every refused entry")
+        // After the takeover the re-arm is over: a retry must not leave a hold timeout behind.
+        #expect(flaky.applied == 300, "retries after the takeover were held, never to be re-armed")
         let stats = try #require(pair.e2.holderStatistics)
         #expect(stats.refused == 0 && stats.failedBatches >= 1)
         await pair.shutdown()

@@ -3,6 +3,7 @@ import Dataplane
 import SyncEngine
 import SyncPolicy
 import Testing
+import TestSupport
 
 @Suite("Churn with connection failures", .serialized)
 struct ChurnTests {

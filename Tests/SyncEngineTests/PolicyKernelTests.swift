@@ -137,10 +137,13 @@ struct PolicyKernelTests {
         #expect(read.count == 3300)
 
         // The kernel timeouts are the plan's: the write rounds up and the kernel reads whole
-        // seconds, so within 1 s of the planned expiry (plus how long each get took).
+        // seconds, so within 1 s of the planned expiry (plus how long each get took). Later, not
+        // earlier, by up to the time between computing a chunk's timeouts and the kernel taking
+        // the write: tens of milliseconds when CI runs other tests at once (seen: 20 ms), hence
+        // the half second more on that side.
         for (key, (k, t0, t1)) in read {
             let planned = try #require(plan[key])
-            #expect(Double(k.timeout) >= (planned - t1).inSeconds - 1 && Double(k.timeout) <= (planned - t0).inSeconds + 1,
+            #expect(Double(k.timeout) >= (planned - t1).inSeconds - 1 && Double(k.timeout) <= (planned - t0).inSeconds + 1.5,
                     "\(k): planned to end \((planned - t0).inSeconds) s after the read")
         }
         // Rules 2 and 3: the synced timeout (or tcp_undefined), counted from the switch (the
@@ -218,8 +221,8 @@ struct PolicyKernelTests {
         for c in (udp + tcp) {
             let b = try #require(backup[c.key]), m = try #require(master[c.key])
             let planned = try #require(plan[c.key])
-            // The kernel's timeout is the plan's, within 1 s.
-            #expect(Double(b.0.timeout) >= (planned - b.2).inSeconds - 1 && Double(b.0.timeout) <= (planned - b.1).inSeconds + 1,
+            // The kernel's timeout is the plan's, within 1 s (and the write's delay, see above).
+            #expect(Double(b.0.timeout) >= (planned - b.2).inSeconds - 1 && Double(b.0.timeout) <= (planned - b.1).inSeconds + 1.5,
                     "\(b.0): planned to end \((planned - b.1).inSeconds) s after the read")
             guard c.key != changed.key else { continue }
             // Rule 6: the timeout the forced synchronization read, counted from its stamp;

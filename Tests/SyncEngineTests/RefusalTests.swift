@@ -7,6 +7,7 @@ import NIOPosix
 import SyncEngine
 import SyncProtocol
 import Testing
+import TestSupport
 
 /// A node that tries to sync into ha2 with the given TLS material, from `source`.
 private func intruder(_ tls: TLSMaterial, source: String, group: any EventLoopGroup, entries: Int = 100) -> (SyncEngine, MemoryDataplane) {

@@ -94,15 +94,6 @@ struct Pair {
     }
 }
 
-/// Polls `condition` until it holds or `seconds` pass (I/O tests only; unit tests drive time).
-func eventually(_ seconds: Double = 20, _ condition: () async -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
-    while ContinuousClock.now < deadline {
-        if await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(20))
-    }
-    return await condition()
-}
 
 /// The table as a dictionary, for exact comparison.
 func asDictionary(_ entries: [Conntrack]) -> [ConntrackKey: Conntrack] {

@@ -7,6 +7,7 @@ import NIOCore
 import SyncEngine
 import SyncProtocol
 import Testing
+import TestSupport
 
 @Suite("Sync over mutual TLS on loopback", .serialized)
 struct SyncEngineTests {

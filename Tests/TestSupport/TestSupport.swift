@@ -49,3 +49,14 @@ public func run(_ args: [String]) throws -> (status: Int32, output: String) {
     return (p.terminationStatus, String(decoding: data, as: UTF8.self))
 }
 
+
+/// Polls `condition` until it holds or `seconds` pass (I/O tests only; unit tests drive time).
+/// A condition that throws counts as not holding yet.
+public func eventually(_ seconds: Double = 20, _ condition: () async throws -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+    while ContinuousClock.now < deadline {
+        if (try? await condition()) == true { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return (try? await condition()) == true
+}

@@ -16,10 +16,15 @@ typedef struct ks_ct {
     uint8_t tcp_state;       // valid when proto == 6
     uint8_t event;           // KS_EVENT_*
     uint16_t zone;
+    uint8_t tcp_flags_orig;  // IP_CT_TCP_FLAG_* of each direction, when proto == 6 (read only)
+    uint8_t tcp_flags_repl;
     uint16_t orig_sport, orig_dport, repl_sport, repl_dport;
     uint32_t status, timeout, mark;
     uint8_t orig_src[16], orig_dst[16], repl_src[16], repl_dst[16];
 } ks_ct;
+
+/// IP_CT_TCP_FLAG_BE_LIBERAL, for `tcp_flags_orig` / `tcp_flags_repl`.
+enum { KS_TCP_FLAG_BE_LIBERAL = 0x08 };
 
 enum { KS_EVENT_NEW = 0, KS_EVENT_UPDATE = 1, KS_EVENT_DESTROY = 2 };
 
@@ -66,7 +71,9 @@ enum { KS_OP_CREATE = 0, KS_OP_DELETE = 1, KS_OP_UPDATE = 2, KS_OP_TIMEOUT = 3 }
 
 /// Writes `count` conntracks in batched netlink messages. KS_OP_CREATE creates and fails with
 /// EEXIST for an entry that exists; KS_OP_UPDATE changes an existing entry's TCP state, timeout
-/// and mark (never its NAT or status, which the kernel refuses to change); KS_OP_TIMEOUT changes
+/// and mark (never its NAT or status, which the kernel refuses to change), and with `be_liberal`
+/// sets the TCP be-liberal flags (an entry the node made itself has a window the peer's packets
+/// may not fit); KS_OP_TIMEOUT changes
 /// an existing entry's timeout and nothing else; KS_OP_DELETE deletes.
 /// `be_liberal` sets the TCP be-liberal window flags. Returns the number of messages the kernel
 /// rejected, or -1 with errno when the socket failed. `errors`, when not NULL, has `count` slots
