@@ -106,7 +106,7 @@ let package = Package(
             name: "KeepstateCLI",
             dependencies: [
                 "ConntrackModel", "SyncProtocol", "Dataplane", "SyncEngine", "PKI", "Config", "NetfilterConntrack", "KernelDataplane",
-                "Daemon",
+                "Daemon", "NetlinkRoute",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -247,7 +247,35 @@ static void build(struct nf_conntrack *ct, const ks_ct *in, int op, int be_liber
         nfct_set_attr_u32(ct, ATTR_MARK, in->mark);
         return;
     }
-    // NAT: the reply tuple tells what was translated; ctnetlink wants it as NAT attributes.
+    // NAT: the reply tuple tells what was translated; ctnetlink wants it as NAT attributes,
+    // with the reply tuple *before* translation (the inverse of the original, as conntrackd's
+    // NFCT_SOPT_SETUP_REPLY does). The kernel's nf_nat_setup_info then computes the translated
+    // reply tuple and sets IPS_SRC_NAT / IPS_DST_NAT. Given the translated reply tuple instead,
+    // it finds nothing to translate, leaves those bits clear, and the entry forwards packets
+    // without NAT (found by the failover drill: the survivor sent the clients' own addresses).
+    int nat = 0;
+    if (in->family == 4) {
+        nat = memcmp(in->repl_dst, in->orig_src, 4) != 0 || memcmp(in->repl_src, in->orig_dst, 4) != 0;
+    } else {
+        nat = memcmp(in->repl_dst, in->orig_src, 16) != 0 || memcmp(in->repl_src, in->orig_dst, 16) != 0;
+    }
+    if (in->proto != IPPROTO_ICMP && in->proto != IPPROTO_ICMPV6) {
+        nat = nat || in->repl_dport != in->orig_sport || in->repl_sport != in->orig_dport;
+    }
+    if (nat) {
+        if (in->family == 4) {
+            uint32_t a;
+            memcpy(&a, in->orig_dst, 4); nfct_set_attr_u32(ct, ATTR_REPL_IPV4_SRC, a);
+            memcpy(&a, in->orig_src, 4); nfct_set_attr_u32(ct, ATTR_REPL_IPV4_DST, a);
+        } else {
+            nfct_set_attr(ct, ATTR_REPL_IPV6_SRC, in->orig_dst);
+            nfct_set_attr(ct, ATTR_REPL_IPV6_DST, in->orig_src);
+        }
+        if (in->proto != IPPROTO_ICMP && in->proto != IPPROTO_ICMPV6) {
+            nfct_set_attr_u16(ct, ATTR_REPL_PORT_SRC, htons(in->orig_dport));
+            nfct_set_attr_u16(ct, ATTR_REPL_PORT_DST, htons(in->orig_sport));
+        }
+    }
     if (in->family == 4) {
         if (memcmp(in->repl_dst, in->orig_src, 4) != 0 || in->repl_dport != in->orig_sport) {
             uint32_t a; memcpy(&a, in->repl_dst, 4);
