@@ -48,6 +48,13 @@ struct Drill: ParsableCommand {
         case vrrp, `static`
     }
 
+    enum Failure: String, ExpressibleByArgument, CaseIterable {
+        /// All links down at once and the daemon killed; back as after a reboot.
+        case power
+        /// All links down at once, the daemon left running; back with the links up.
+        case links
+    }
+
     @Option(help: "Long-lived TCP connections.") var tcp = 1000
     @Option(help: "UDP flows.") var udp = 200
     @Option(help: "Milliseconds between two messages of a flow.") var intervalMs = 50
@@ -55,6 +62,11 @@ struct Drill: ParsableCommand {
     @Option(help: "nf_conntrack_tcp_loose on the routers: 0, 1 or both (one pair of runs each).") var loose: Loose = .both
     @Option(help: "What moves the addresses: vrrp (the daemon), or static (development only: the drill does, with set-state).")
     var ha: HA = .vrrp
+    @Option(help: ArgumentHelp(
+        "power: the master's links all go down at once and its daemon is killed; it comes back as after a reboot "
+            + "(empty table, no addresses, daemon started). links: the same links down with the daemon left running; "
+            + "it comes back with its links up."))
+    var failure: Failure = .power
     @Flag(help: "Skip the control run (sync off).") var noControl = false
     @Flag(help: "Skip the return of the failed router.") var noFailback = false
     @Option(help: "A surviving flow answers again within this many seconds.") var stallBound = 3.0
@@ -87,8 +99,10 @@ struct Drill: ParsableCommand {
         do {
             report = try play()
         } catch {
-            FileHandle.standardError.write(Data("keepstate drill: \(error)\n".utf8))
+            // After a signal, wait for the handler's cleanup to finish, then exit as it would.
             janitor.cleanAll()
+            if let sig = janitor.caughtSignal { throw ExitCode(128 + sig) }
+            FileHandle.standardError.write(Data("keepstate drill: \(error)\n".utf8))
             throw ExitCode(2)
         }
         if json {
@@ -103,7 +117,7 @@ struct Drill: ParsableCommand {
     }
 
     var settings: DrillSettings {
-        DrillSettings(tcp: tcp, udp: udp, intervalMs: intervalMs, background: background, ha: ha.rawValue, failure: "power",
+        DrillSettings(tcp: tcp, udp: udp, intervalMs: intervalMs, background: background, ha: ha.rawValue, failure: failure.rawValue,
                       stallBound: stallBound, observe: observe, eventThreads: eventThreads)
     }
 
@@ -332,11 +346,21 @@ struct DrillRun {
             for r in [r1, r2] { r.daemon?.terminate(grace: 5) }
         }
 
-        // Room for the background table in each router's namespace (read-only inside one).
+        // Room for the background table in each router's namespace (read-only inside one), and
+        // a hash table (shared by every namespace) whose chains stay short enough: the kernel
+        // refuses an entry whose chain would pass 64 (ENOSPC).
+        func rootValue(_ key: String) -> Int? {
+            Int((try? String(contentsOfFile: "/proc/sys/net/netfilter/\(key)", encoding: .utf8))?
+                .trimmingCharacters(in: .whitespacesAndNewlines) ?? "")
+        }
         let needed = drill.background + 2 * (drill.tcp + drill.udp) + 65536
-        if let max = Int((try? String(contentsOfFile: "/proc/sys/net/netfilter/nf_conntrack_max", encoding: .utf8))?
-            .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""), max < needed {
+        if let max = rootValue("nf_conntrack_max"), max < needed {
             DrillJanitor.shared.setRootSysctl("net.netfilter.nf_conntrack_max", "\(needed)")
+        }
+        var buckets = 1 << 16
+        while buckets < needed && buckets < 1 << 21 { buckets <<= 1 }
+        if drill.background >= 100_000, let current = rootValue("nf_conntrack_buckets"), current < buckets {
+            DrillJanitor.shared.setRootSysctl("net.netfilter.nf_conntrack_buckets", "\(buckets)")
         }
 
         say("building the namespaces (\(topo.namespaces.joined(separator: " ")))")
@@ -390,19 +414,20 @@ struct DrillRun {
         // The background table.
         if drill.background > 0 {
             let t = monotonicNanoseconds()
-            try fill(netns: topo.r1.netns, count: drill.background)
+            report.backgroundRefused = try fill(netns: topo.r1.netns, count: drill.background)
             report.fillSeconds = DrillAnalysis.seconds(monotonicNanoseconds() - t)
             say("\(drill.background) background conntracks in r1's table in \(DrillAnalysis.fmt(report.fillSeconds)) s")
         }
-        let wanted = drill.background + drill.tcp + drill.udp
+        let wanted = drill.background - (report.backgroundRefused ?? 0) + drill.tcp + drill.udp
         let syncStart = monotonicNanoseconds()
         guard waitFor(60 + Double(drill.background) / 10_000, every: 0.1, { (r1.state()?.vrfs.first?.conntracks ?? 0) >= wanted }) else {
             throw DrillError("r1's daemon counts \(r1.state()?.vrfs.first?.conntracks ?? 0) conntracks, expected at least \(wanted)")
         }
         if sync {
             let synced = waitFor(60 + Double(drill.background) / 10_000, every: 0.1) {
-                guard let m = r1.state()?.vrfs.first?.conntracks, let h = r2.state()?.vrfs.first?.held else { return false }
-                return h >= m
+                // Held, and written to the backup's kernel table (nothing left in its hold queue).
+                guard let m = r1.state()?.vrfs.first?.conntracks, let b = r2.state()?.vrfs.first else { return false }
+                return b.held >= m && b.holdQueue == 0
             }
             report.syncSeconds = DrillAnalysis.seconds(monotonicNanoseconds() - syncStart)
             say(synced ? "r2 holds r1's table after \(DrillAnalysis.fmt(report.syncSeconds)) s" : "r2 did not catch up with r1's table")
@@ -415,9 +440,9 @@ struct DrillRun {
         dumpFlows(topo, "before-failure")
         // The failure: every link of r1 down at once, then its daemon killed (power loss).
         let failure = try topo.linksDown(topo.r1)
-        r1.daemon?.kill()
+        if drill.failure == .power { r1.daemon?.kill() }
         client.send("mark \(failure)")
-        say("r1 failed: links down, daemon killed")
+        say("r1 failed: links down\(drill.failure == .power ? ", daemon killed" : "")")
         switch drill.ha {
         case .static:
             try r2.setState("master")
@@ -445,15 +470,30 @@ struct DrillRun {
         var back: UInt64?
         var failbackPartial: (resync: Double?, held: Int, table: Int, preempted: Bool, preemptAt: Double?, heldAtPreempt: Int?)?
         if sync && !drill.noFailback {
-            // The return of a machine that lost power: empty table, no addresses, links up, daemon started.
-            topo.flushConntrack(topo.r1)
-            topo.removeVIPs(topo.r1)
-            let returned = monotonicNanoseconds()
+            let returned: UInt64
+            switch drill.failure {
+            case .power:
+                // The return of a machine that lost power: empty table, no addresses, links up, daemon started.
+                topo.flushConntrack(topo.r1)
+                topo.removeVIPs(topo.r1)
+                returned = monotonicNanoseconds()
+                try topo.linksUp(topo.r1)
+                client.send("mark \(returned)")
+                try startDaemon(r1, config: writeConfig(r1, peer: topo.r2, master: drill.ha == .vrrp))
+                say("r1 back: links up, daemon restarted")
+            case .links:
+                // The links come back under a daemon that never stopped. The static driver has
+                // no election: the drill makes r1 backup first, as an operator would.
+                if drill.ha == .static {
+                    try r1.setState("backup")
+                    topo.removeVIPs(topo.r1)
+                }
+                returned = monotonicNanoseconds()
+                try topo.linksUp(topo.r1)
+                client.send("mark \(returned)")
+                say("r1 back: links up")
+            }
             back = returned
-            try topo.linksUp(topo.r1)
-            client.send("mark \(returned)")
-            try startDaemon(r1, config: writeConfig(r1, peer: topo.r2, master: drill.ha == .vrrp))
-            say("r1 back: links up, daemon restarted")
             let table = { r2.state()?.vrfs.first?.conntracks ?? 0 }
             var resync: Double?
             var preemptAt: Double?
@@ -524,29 +564,40 @@ struct DrillRun {
         return report
     }
 
-    /// With --keep-files: both routers' conntracks of the client's flows, for a post-mortem.
+    /// With --keep-files: both routers' conntracks of the client's flows (one kernel dump each,
+    /// filtered here), for a post-mortem.
     func dumpFlows(_ topo: DrillTopology, _ when: String) {
-        guard drill.keepFiles else { return }
+        guard drill.keepFiles, let client = IPAddressBits(parsing: DrillTopology.client, family: .ipv4) else { return }
         for r in [topo.r1, topo.r2] {
-            let out = (try? Shell.run(["ip", "netns", "exec", r.netns, "conntrack", "-L", "-s", DrillTopology.client]))?.output ?? ""
-            try? out.write(toFile: "\(workdir)/\(tag)-\(r.name)-conntrack-\(when).txt", atomically: true, encoding: .utf8)
+            guard let all = try? ConntrackNetlink(netnsPath: "/run/netns/\(r.netns)").dump(family: .ipv4) else { continue }
+            let lines = all.filter { $0.original.source == client && $0.original.destinationPort == 7000 }.map(\.description)
+            try? (lines.sorted().joined(separator: "\n") + "\n").write(
+                toFile: "\(workdir)/\(tag)-\(r.name)-conntrack-\(when).txt", atomically: true, encoding: .utf8)
         }
     }
 
     /// Puts `count` established conntracks (TCP, UDP and ICMP, source-NATed) in the namespace's
     /// table with batched ctnetlink creates.
-    func fill(netns: String, count: Int) throws {
+    /// Returns how many the kernel refused: a few may be (ENOSPC when one hash chain of the
+    /// table, which all namespaces share, is too long); more than 1% stops the drill.
+    func fill(netns: String, count: Int) throws -> Int {
         let nl = try ConntrackNetlink(netnsPath: "/run/netns/\(netns)")
         var n = 0
+        var refused = 0
+        var firstError: Int32 = 0
         while n < count {
             let chunk = min(100_000, count - n)
             var items = (UInt64(n)..<UInt64(n + chunk)).map { TrafficGenerator.conntrack(number: $0) }
             for i in items.indices { items[i].timeout = 3600 }
             let r = try nl.create(items)
-            guard r.rejected == 0 else {
-                throw DrillError("the kernel refused \(r.rejected) background conntracks (errno \(r.firstError): \(String(cString: strerror(r.firstError))))")
-            }
+            refused += r.rejected
+            if firstError == 0 { firstError = r.firstError }
             n += chunk
         }
+        guard refused * 100 <= count else {
+            throw DrillError("the kernel refused \(refused) of \(count) background conntracks (errno \(firstError): \(String(cString: strerror(firstError))))")
+        }
+        if refused > 0 { say("the kernel refused \(refused) background conntracks (errno \(firstError): \(String(cString: strerror(firstError))))") }
+        return refused
     }
 }

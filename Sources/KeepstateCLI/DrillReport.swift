@@ -10,7 +10,8 @@ public struct DrillSettings: Codable, Sendable, Equatable {
     public var background: Int
     /// `vrrp` or `static` (development only: the drill moves the addresses itself).
     public var ha: String
-    /// What the failure is: `power` (all links down at once, then the daemon killed).
+    /// What the failure is: `power` (all links down at once, then the daemon killed; back as
+    /// after a reboot) or `links` (all links down at once, the daemon left running).
     public var failure: String
     public var stallBound: Double
     public var observe: Double
@@ -71,6 +72,8 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
     /// held the whole table.
     public var fillSeconds: Double?
     public var syncSeconds: Double?
+    /// Background conntracks the kernel refused (a few may be: ENOSPC on a long hash chain).
+    public var backgroundRefused: Int?
     /// VRRP: seconds from the links going down until the survivor's group was master.
     /// Static: until `set-state master` on the survivor returned (before the addresses moved).
     public var survivorMasterSeconds: Double?
@@ -87,7 +90,7 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
     public var passed: Bool { checks.allSatisfy(\.passed) }
 
     enum CodingKeys: String, CodingKey {
-        case name, sync, loose, masterTable, backupHeld, fillSeconds, syncSeconds, survivorMasterSeconds,
+        case name, sync, loose, masterTable, backupHeld, fillSeconds, syncSeconds, backgroundRefused, survivorMasterSeconds,
              daemonTakeoverSeconds, allAnsweredSeconds, tcp, udp, failback, survivorCounters, checks, passed
     }
 
@@ -100,6 +103,7 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
         try c.encodeIfPresent(backupHeld, forKey: .backupHeld)
         try c.encodeIfPresent(fillSeconds, forKey: .fillSeconds)
         try c.encodeIfPresent(syncSeconds, forKey: .syncSeconds)
+        try c.encodeIfPresent(backgroundRefused, forKey: .backgroundRefused)
         try c.encodeIfPresent(survivorMasterSeconds, forKey: .survivorMasterSeconds)
         try c.encodeIfPresent(daemonTakeoverSeconds, forKey: .daemonTakeoverSeconds)
         try c.encodeIfPresent(allAnsweredSeconds, forKey: .allAnsweredSeconds)
@@ -120,6 +124,7 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
         backupHeld = try c.decodeIfPresent(Int.self, forKey: .backupHeld)
         fillSeconds = try c.decodeIfPresent(Double.self, forKey: .fillSeconds)
         syncSeconds = try c.decodeIfPresent(Double.self, forKey: .syncSeconds)
+        backgroundRefused = try c.decodeIfPresent(Int.self, forKey: .backgroundRefused)
         survivorMasterSeconds = try c.decodeIfPresent(Double.self, forKey: .survivorMasterSeconds)
         daemonTakeoverSeconds = try c.decodeIfPresent(Double.self, forKey: .daemonTakeoverSeconds)
         allAnsweredSeconds = try c.decodeIfPresent(Double.self, forKey: .allAnsweredSeconds)
@@ -285,7 +290,10 @@ enum DrillAnalysis {
         var out = "keepstate drill: \(s.tcp) TCP + \(s.udp) UDP flows, one message every \(s.intervalMs) ms each; "
         out += "background \(s.background) conntracks; HA driver \(s.ha)"
         out += s.ha == "static" ? " (DEVELOPMENT ONLY: the drill moves the addresses, no VRRP)" : " (VRRP, advert_int 0.1)"
-        out += "\nfailure: all links of the master down at once, its daemon killed (power loss); stall bound \(fmt(s.stallBound)) s\n\n"
+        out += s.failure == "links"
+            ? "\nfailure: all links of the master down at once, its daemon left running (links); "
+            : "\nfailure: all links of the master down at once, its daemon killed (power loss); "
+        out += "stall bound \(fmt(s.stallBound)) s\n\n"
         func f(_ d: Double?) -> String { d.map { fmt($0) } ?? "-" }
         func n(_ i: Int?) -> String { i.map(String.init) ?? "-" }
         let runs = report.runs

@@ -20,6 +20,13 @@ final class DrillJanitor: @unchecked Sendable {
     private var paths: [String] = []
     private var aborted = false
     private var signalSources: [any DispatchSourceSignal] = []
+    /// Held for a whole cleanup: a second caller (the main thread, while a signal handler
+    /// cleans up) waits until the first is done instead of exiting under it.
+    private let cleaning = NSLock()
+    private var signalled: Int32?
+
+    /// The signal that interrupted the drill, if one did.
+    var caughtSignal: Int32? { lock.withLock { signalled } }
     /// Set by `--keep-files`: the working directory stays.
     var keepFiles = false
 
@@ -59,6 +66,8 @@ final class DrillJanitor: @unchecked Sendable {
     /// Stops the children, deletes the namespaces (after killing whatever still runs in them),
     /// puts the sysctls back, removes the files.
     func cleanAll() {
+        cleaning.lock()
+        defer { cleaning.unlock() }
         let (kids, spaces, settings, files) = lock.withLock { () -> ([DrillChild], [String], [(key: String, value: String)], [String]) in
             aborted = true
             defer { children = []; namespaces = []; sysctls = []; paths = [] }
@@ -73,7 +82,7 @@ final class DrillJanitor: @unchecked Sendable {
     }
 
     /// Clears the abort flag for another use in the same process (tests run several drills).
-    func reset() { lock.withLock { aborted = false } }
+    func reset() { lock.withLock { aborted = false; signalled = nil } }
 
     static func deleteNamespace(_ ns: String) {
         // Processes still inside (a daemon whose parent lost track of it) keep a namespace alive.
@@ -95,6 +104,7 @@ final class DrillJanitor: @unchecked Sendable {
                 signal(sig, SIG_IGN)
                 let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
                 source.setEventHandler { [self] in
+                    lock.withLock { signalled = signalled ?? sig }
                     FileHandle.standardError.write(Data("keepstate drill: signal \(sig): cleaning up\n".utf8))
                     cleanAll()
                     exit(128 + sig)

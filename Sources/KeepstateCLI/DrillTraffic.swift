@@ -35,6 +35,7 @@ enum DrillWire {
 
     static func flow(of bytes: UnsafeRawBufferPointer) -> UInt32 { bytes.loadUnaligned(fromByteOffset: 0, as: UInt32.self) }
     static func seq(of bytes: UnsafeRawBufferPointer) -> UInt32 { bytes.loadUnaligned(fromByteOffset: 4, as: UInt32.self) }
+    static func sentTime(of bytes: UnsafeRawBufferPointer) -> UInt64 { bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self) }
 
     static func address(_ ip: String, port: UInt16) -> sockaddr_in {
         var a = sockaddr_in()
@@ -162,8 +163,8 @@ public struct DrillFlowRecord: Codable, Sendable, Equatable {
     public var status: String
     public var error: String?
     public var endedAt: UInt64?
-    /// Per mark (in the order the drill set them): the last reply at or before the mark's time
-    /// and the first reply after it (nil: none yet).
+    /// Per mark (in the order the drill set them): the last reply received at or before the
+    /// mark's time, and the first reply to a message sent after it (nil: none yet).
     public var markBefore: [UInt64?]
     public var markAfter: [UInt64?]
 }
@@ -397,8 +398,11 @@ struct FlowClient {
         var nextDue: UInt64
         var seq: UInt32 = 0
         var partial: [UInt8] = []
-        /// The last few reply times (for marks set a little after their time).
-        var recent: [UInt64] = []
+        /// The last few replies (reply time, the message's send time), for marks that arrive a
+        /// little after their time.
+        var recent: [(reply: UInt64, sent: UInt64)] = []
+        /// The send time of the newest message answered.
+        var lastAnsweredSent: UInt64 = 0
     }
 
     var flows: [Flow] = []
@@ -494,12 +498,12 @@ struct FlowClient {
             marks.append(t)
             for i in flows.indices {
                 let r = flows[i].recent
-                flows[i].record.markBefore.append(r.last { $0 <= t })
-                flows[i].record.markAfter.append(r.first { $0 > t })
+                flows[i].record.markBefore.append(r.last { $0.reply <= t }?.reply)
+                flows[i].record.markAfter.append(r.first { $0.sent > t }?.reply)
             }
         case "since":
             guard words.count == 2, let t = UInt64(words[1]) else { return }
-            let replied = flows.filter { ($0.record.lastReply ?? 0) > t }.count
+            let replied = flows.filter { $0.lastAnsweredSent > t }.count
             let ended = flows.filter { $0.record.status != "open" }.count
             DrillWire.say(DrillWire.jsonLine(DrillClientProgress(since: t, replied: replied, ended: ended, flows: flows.count)))
         default:
@@ -533,11 +537,14 @@ struct FlowClient {
                     flows[i].partial.append(contentsOf: buf[0..<n])
                     let whole = flows[i].partial.count / DrillWire.messageSize
                     if whole > 0 {
+                        let sent = flows[i].partial.withUnsafeBytes { raw in
+                            (0..<whole).map { DrillWire.sentTime(of: UnsafeRawBufferPointer(rebasing: raw[($0 * DrillWire.messageSize)...])) }
+                        }
                         flows[i].partial.removeFirst(whole * DrillWire.messageSize)
-                        replied(i, count: whole, now: now)
+                        replied(i, sent: sent, now: now)
                     }
                 } else if n >= DrillWire.messageSize {
-                    replied(i, count: 1, now: now)
+                    replied(i, sent: [buf.withUnsafeBytes { DrillWire.sentTime(of: $0) }], now: now)
                 }
                 continue
             }
@@ -559,16 +566,21 @@ struct FlowClient {
         }
     }
 
-    mutating func replied(_ i: Int, count: Int, now: UInt64) {
+    /// Replies to messages sent at `sent`, received `now`. A mark counts as answered only by a
+    /// reply to a message sent after it: replies already in flight when the links went down
+    /// say nothing about the new path.
+    mutating func replied(_ i: Int, sent: [UInt64], now: UInt64) {
         if let last = flows[i].record.lastReply, now - last > gapThreshold, flows[i].record.gaps.count < 64 {
             flows[i].record.gaps.append([last, now])
         }
         if flows[i].record.firstReply == nil { flows[i].record.firstReply = now }
         flows[i].record.lastReply = now
-        flows[i].record.received += count
-        flows[i].recent.append(now)
+        flows[i].record.received += sent.count
+        let newest = sent.max() ?? 0
+        flows[i].lastAnsweredSent = max(flows[i].lastAnsweredSent, newest)
+        flows[i].recent.append((now, newest))
         if flows[i].recent.count > 8 { flows[i].recent.removeFirst() }
-        for m in marks.indices where flows[i].record.markAfter[m] == nil && now > marks[m] {
+        for m in marks.indices where flows[i].record.markAfter[m] == nil && newest > marks[m] {
             flows[i].record.markAfter[m] = now
         }
     }
