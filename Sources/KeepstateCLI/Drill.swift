@@ -503,7 +503,8 @@ struct DrillRun {
                 let s = r1.state()
                 let held = s?.vrfs.first?.held ?? 0
                 let t = DrillAnalysis.seconds(monotonicNanoseconds() - returned)
-                if resync == nil, held > 0, held >= table() { resync = t }
+                // Resynced: held, and written to r1's kernel table (its hold queue empty).
+                if resync == nil, held > 0, held >= table(), s?.vrfs.first?.holdQueue == 0 { resync = t }
                 if drill.ha == .vrrp, preemptAt == nil, s?.groups.first(where: { $0.name == DrillConfig.group })?.state == "master" {
                     preemptAt = t
                     heldAtPreempt = held
@@ -567,7 +568,8 @@ struct DrillRun {
     /// With --keep-files: both routers' conntracks of the client's flows (one kernel dump each,
     /// filtered here), for a post-mortem.
     func dumpFlows(_ topo: DrillTopology, _ when: String) {
-        guard drill.keepFiles, let client = IPAddressBits(parsing: DrillTopology.client, family: .ipv4) else { return }
+        // A dump of a large table takes seconds and competes with the daemons: small tables only.
+        guard drill.keepFiles, drill.background <= 50_000, let client = IPAddressBits(parsing: DrillTopology.client, family: .ipv4) else { return }
         for r in [topo.r1, topo.r2] {
             guard let all = try? ConntrackNetlink(netnsPath: "/run/netns/\(r.netns)").dump(family: .ipv4) else { continue }
             let lines = all.filter { $0.original.source == client && $0.original.destinationPort == 7000 }.map(\.description)

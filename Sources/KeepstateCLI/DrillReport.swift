@@ -302,7 +302,7 @@ enum DrillAnalysis {
         rows.append(("held by the backup before failure", runs.map { $0.sync ? n($0.backupHeld) : "- (no sync)" }))
         rows.append(("background fill / sync of the table (s)", runs.map { "\(f($0.fillSeconds)) / \(f($0.syncSeconds))" }))
         rows.append(("survivor master after failure (s)", runs.map { f($0.survivorMasterSeconds) }))
-        rows.append(("daemon takeover: held forwardable (s)", runs.map { $0.sync ? fmt($0.daemonTakeoverSeconds, digits: 4) : "-" }))
+        rows.append(("daemon takeover: held forwardable (ms)", runs.map { $0.sync ? fmt($0.daemonTakeoverSeconds.map { $0 * 1000 }) : "-" }))
         rows.append(("every flow answered again after (s)", runs.map { f($0.allAnsweredSeconds) }))
         rows.append(("TCP survived", runs.map { "\($0.tcp.survived)/\($0.tcp.total)" }))
         rows.append(("TCP reset", runs.map { "\($0.tcp.reset)" }))
