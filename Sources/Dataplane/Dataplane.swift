@@ -49,6 +49,8 @@ public protocol Dataplane: AnyObject, Sendable {
 /// written).
 public protocol DataplaneWriteRejection: Error {
     var rejectedCount: Int { get }
+    /// The keys refused, when known (the others of the batch were written).
+    var rejectedKeys: [ConntrackKey] { get }
 }
 
 /// What `Dataplane.rearm` did.

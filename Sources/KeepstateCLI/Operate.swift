@@ -14,18 +14,10 @@ struct SocketOptions: ParsableArguments {
         do {
             return try ControlClient.send(request, socketPath: socket)
         } catch {
-            throw CommandFailure("\(error)", code: 2)
+            // Exit code 2: the daemon could not be reached (docs/operations.md).
+            FileHandle.standardError.write(Data("keepstate: \(error)\n".utf8))
+            throw ExitCode(2)
         }
-    }
-}
-
-/// A failure already explained on standard error, with the documented exit code.
-struct CommandFailure: Error, CustomStringConvertible {
-    var description: String
-    var code: Int32
-    init(_ description: String, code: Int32) {
-        self.description = description
-        self.code = code
     }
 }
 

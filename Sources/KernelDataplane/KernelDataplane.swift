@@ -106,6 +106,8 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
     public struct WriteError: DataplaneWriteRejection, CustomStringConvertible {
         public var rejected: Int
         public var rejectedCount: Int { rejected }
+        /// The keys whose write the kernel refused (empty when unknown).
+        public var rejectedKeys: [ConntrackKey] = []
         public var firstError: Int32
         public var description: String {
             "the kernel refused \(rejected) conntrack write(s); first: \(String(cString: strerror(firstError)))"
@@ -208,7 +210,7 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
                 if let former { s.mirror.upsert(former, tag: 0) } else { s.mirror.remove(key) }
             }
         }
-        throw WriteError(rejected: failed.count, firstError: firstError)
+        throw WriteError(rejected: failed.count, rejectedKeys: failed.map(\.0), firstError: firstError)
     }
 
     // MARK: events

@@ -48,7 +48,13 @@ final class BackupHolder: @unchecked Sendable {
         case hold([ConntrackUpdate])
         case rehold
         case rearm(@Sendable (Conntrack) -> UInt32?)
+        /// Keys the dataplane refused, written again from the store's current entries.
+        case retry([ConntrackKey], attempt: Int)
     }
+
+    /// A refused entry is tried again this many times, 1, 2, 4... seconds apart, before it counts
+    /// as refused (the periodic re-hold tries it once more later).
+    static let retries = 5
 
     let settings: HoldSettings
     private let dataplane: any Dataplane
@@ -64,9 +70,13 @@ final class BackupHolder: @unchecked Sendable {
     private var reholding = true
     private var nextRehold: Date
     private var idleWaiters: [CheckedContinuation<Void, Never>] = []
+    private var retryAt: [(Date, [ConntrackKey], Int)] = []
+    private let storeLookup: @Sendable (ConntrackKey) -> Conntrack?
     private var stats = HolderStatistics()
 
-    init(settings: HoldSettings, dataplane: any Dataplane, logger: Logger, storeEntries: @escaping @Sendable () -> [Conntrack]) {
+    init(settings: HoldSettings, dataplane: any Dataplane, logger: Logger, storeEntries: @escaping @Sendable () -> [Conntrack],
+         storeLookup: @escaping @Sendable (ConntrackKey) -> Conntrack?) {
+        self.storeLookup = storeLookup
         self.settings = settings
         self.dataplane = dataplane
         self.logger = logger
@@ -138,11 +148,19 @@ final class BackupHolder: @unchecked Sendable {
         while true {
             cond.lock()
             while head == jobs.count && !stopped {
-                if reholding && Date() >= nextRehold {
+                let now = Date()
+                if reholding && now >= nextRehold {
                     jobs.append(.rehold)
                     break
                 }
-                _ = cond.wait(until: reholding ? nextRehold : Date().addingTimeInterval(3600))
+                if let i = retryAt.firstIndex(where: { $0.0 <= now }) {
+                    let (_, keys, attempt) = retryAt.remove(at: i)
+                    jobs.append(.retry(keys, attempt: attempt))
+                    break
+                }
+                var wake = reholding ? nextRehold : now.addingTimeInterval(3600)
+                for r in retryAt where r.0 < wake { wake = r.0 }
+                _ = cond.wait(until: wake)
             }
             if stopped {
                 let waiters = idleWaiters
@@ -179,12 +197,14 @@ final class BackupHolder: @unchecked Sendable {
             switch job {
             case .rehold?: rehold()
             case .rearm(let timeout)?: runRearm(timeout)
+            case .retry(let keys, let attempt)?: retry(keys, attempt: attempt)
             case .hold?, nil: break
             }
 
             cond.lock()
             busy = false
             var waiters: [CheckedContinuation<Void, Never>] = []
+            // Idle even with retries pending: a takeover must not wait for the kernel's mood.
             if head == jobs.count {
                 jobs.removeAll(keepingCapacity: true)
                 head = 0
@@ -196,20 +216,39 @@ final class BackupHolder: @unchecked Sendable {
         }
     }
 
-    private func write(_ batch: [ConntrackUpdate]) {
+    private func write(_ batch: [ConntrackUpdate], attempt: Int = 0) {
         do {
             try dataplane.hold(batch, timeout: settings.timeout)
             record { $0.written += batch.count }
         } catch {
-            let rejected = (error as? any DataplaneWriteRejection)?.rejectedCount ?? batch.count
+            let rejection = error as? any DataplaneWriteRejection
+            let rejected = rejection?.rejectedCount ?? batch.count
+            // Unknown keys (the whole write failed): every key of the batch is tried again.
+            let keys = rejection.map { $0.rejectedKeys.isEmpty ? batch.map(\.key) : $0.rejectedKeys } ?? batch.map(\.key)
+            let giveUp = attempt >= Self.retries
             record {
                 $0.written += batch.count - rejected
-                $0.refused += rejected
+                if giveUp { $0.refused += rejected }
                 $0.failedBatches += 1
                 $0.lastError = "\(error)"
             }
-            logger.warning("could not hold synced conntracks in the dataplane", metadata: ["error": "\(error)", "batch": "\(batch.count)"])
+            if giveUp {
+                logger.error("synced conntracks refused by the dataplane; the next re-hold tries again",
+                             metadata: ["error": "\(error)", "entries": "\(rejected)"])
+            } else {
+                logger.warning("could not hold synced conntracks in the dataplane; retrying",
+                               metadata: ["error": "\(error)", "entries": "\(rejected)", "attempt": "\(attempt + 1)"])
+                cond.lock()
+                retryAt.append((Date().addingTimeInterval(Double(1 << attempt)), keys, attempt + 1))
+                cond.unlock()
+            }
         }
+    }
+
+    /// Writes the store's current version of each key (deletes those it no longer has).
+    private func retry(_ keys: [ConntrackKey], attempt: Int) {
+        let batch: [ConntrackUpdate] = keys.map { k in storeLookup(k).map { .upsert($0) } ?? .delete(k) }
+        write(batch, attempt: attempt)
     }
 
     private func rehold() {

@@ -104,6 +104,10 @@ final class ShareConnection: @unchecked Sendable {
         guard !stopped else { return }
         stats.connectionStatus = .connecting
         session = SenderSession()
+        // Heartbeats start with this connection's hello (`tlsEstablished`). A liveness left from
+        // the previous connection (its close may be handled after this) would make `tick` write a
+        // heartbeat that NIOSSL buffers and flushes ahead of the hello: the peer refuses that.
+        liveness = nil
         let context = tls.clientContext
         let handlerOwner = self
         let bootstrap = ClientBootstrap(group: loop)
@@ -151,6 +155,11 @@ final class ShareConnection: @unchecked Sendable {
     // MARK: events from the channel
 
     func tlsEstablished(channel: any Channel, certificate: NIOSSLCertificate?) {
+        // A late handshake of a connection already replaced: it must not hello on our behalf.
+        guard self.channel == nil || self.channel === channel else {
+            channel.close(promise: nil)
+            return
+        }
         if let why = PeerIdentity.mismatch(certificate: certificate, identity: settings.peerIdentity, address: settings.peerAddress) {
             stats.lastError = why
             stats.connectionStatus = .refused

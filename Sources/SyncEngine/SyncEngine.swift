@@ -45,7 +45,9 @@ public final class SyncEngine: Sendable {
             // The store and the holder refer to each other: the store queues its changes on the
             // holder, the holder reads the store for a re-hold.
             let box = StoreBox()
-            let holder = BackupHolder(settings: hold, dataplane: dataplane, logger: logger) { box.store?.dump() ?? [] }
+            let holder = BackupHolder(
+                settings: hold, dataplane: dataplane, logger: logger, storeEntries: { box.store?.dump() ?? [] },
+                storeLookup: { box.store?[$0] })
             let store = BackupStore(onChange: { holder.enqueue($0) })
             box.store = store
             self.holder = holder

@@ -56,7 +56,13 @@ struct NetfilterConntrackTests {
         var mismatches = 0
         for w in wanted {
             guard let got = byKey[w.key] else { mismatches += 1; continue }
-            if got.reply != w.reply || got.tcpState != w.tcpState || got.mark != w.mark || got.timeout > 600 || got.timeout < 590 {
+            // A NATed entry must carry the kernel's NAT bits, or it forwards packets untranslated.
+            // (`isNAT` cannot tell for ICMP, whose reply type differs by nature: compare addresses.)
+            let natBits = got.status.contains(.sourceNAT) || got.status.contains(.destinationNAT)
+            let translated = w.reply.destination != w.original.source || w.reply.source != w.original.destination
+                || (!w.proto.isICMP && (w.reply.destinationPort != w.original.sourcePort || w.reply.sourcePort != w.original.destinationPort))
+            if got.reply != w.reply || got.tcpState != w.tcpState || got.mark != w.mark || got.timeout > 600 || got.timeout < 590
+                || natBits != translated {
                 mismatches += 1
                 if mismatches < 3 { Issue.record("wanted \(w)\n   got \(got)") }
             }

@@ -1,5 +1,6 @@
 import ConntrackModel
 import Dataplane
+import Foundation
 import SyncEngine
 import Testing
 
@@ -26,5 +27,56 @@ struct BackupStoreTests {
         // Another share's epoch never writes this share.
         let other = store.beginEpoch(share: 1)
         #expect(!store.apply([.upsert(a)], epoch: other, share: 0))
+    }
+}
+
+/// A memory dataplane whose kernel refuses each key's first hold write.
+final class FlakyDataplane: Dataplane, @unchecked Sendable {
+    struct Refused: DataplaneWriteRejection {
+        var rejectedKeys: [ConntrackKey]
+        var rejectedCount: Int { rejectedKeys.count }
+    }
+    let inner = MemoryDataplane(vrf: "main")
+    private let lock = NSLock()
+    private var refusedOnce: Set<ConntrackKey> = []
+    var vrf: String { inner.vrf }
+    var count: Int { inner.count }
+    func dump() throws -> [Conntrack] { inner.dump() }
+    func snapshot(share: Int, of count: Int) -> [Conntrack] { inner.snapshot(share: share, of: count) }
+    func subscribe(_ sink: @escaping @Sendable ([ConntrackUpdate]) -> Void) -> DataplaneSubscription { inner.subscribe(sink) }
+    func unsubscribe(_ subscription: DataplaneSubscription) { inner.unsubscribe(subscription) }
+    func apply(_ updates: [ConntrackUpdate]) throws { inner.apply(updates) }
+    func held(above threshold: UInt32) throws -> [Conntrack] { inner.held(above: threshold) }
+    func rearm(above threshold: UInt32, timeout: (Conntrack) -> UInt32?) throws -> RearmResult {
+        inner.rearm(above: threshold, timeout: timeout)
+    }
+    func hold(_ updates: [ConntrackUpdate], timeout: UInt32) throws {
+        let refused: [ConntrackKey] = lock.withLock {
+            let fresh = updates.map(\.key).filter { !refusedOnce.contains($0) }
+            refusedOnce.formUnion(fresh)
+            return fresh
+        }
+        let refusedSet = Set(refused)
+        inner.hold(updates.filter { !refusedSet.contains($0.key) }, timeout: timeout)
+        if !refused.isEmpty { throw Refused(rejectedKeys: refused) }
+    }
+}
+
+@Suite("Holding in the dataplane")
+struct HolderTests {
+    @Test("entries the dataplane refuses are written again, and a takeover does not wait for the retries")
+    func refusedEntriesAreRetried() async throws {
+        let flaky = FlakyDataplane()
+        let pair = try await Pair.make(connections: 2, logLevel: .critical, dataplane2: flaky)
+        pair.dp1.simulate((0..<UInt64(300)).map { .upsert(TrafficGenerator.conntrack(number: $0)) })
+        pair.e1.setRole(.master)
+        pair.startSending()
+        #expect(await eventually { pair.e2.store.count == 300 })
+        // Every key was refused once: a takeover right now returns without waiting for them.
+        _ = await pair.e2.prepareTakeover()
+        #expect(await eventually(10) { flaky.count == 300 }, "the retries wrote every refused entry")
+        let stats = try #require(pair.e2.holderStatistics)
+        #expect(stats.refused == 0 && stats.failedBatches >= 1)
+        await pair.shutdown()
     }
 }
