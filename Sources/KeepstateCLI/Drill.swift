@@ -280,7 +280,14 @@ struct DrillRun {
         func group() -> GroupReport? { state()?.groups.first { $0.name == DrillConfig.group } }
 
         func setState(_ s: String) throws {
-            let reply = try ControlClient.send(ControlRequest(command: .setState, group: DrillConfig.group, state: s), socketPath: socket)
+            let reply: ControlReply
+            do {
+                reply = try ControlClient.send(ControlRequest(command: .setState, group: DrillConfig.group, state: s), socketPath: socket,
+                                               timeout: .seconds(60))
+            } catch {
+                throw DrillError("set-state \(s) on \(spec.name): \(error) (the daemon closes a control connection idle for 10 s: "
+                                 + "did the state change take longer?)")
+            }
             guard reply.ok else { throw DrillError("set-state \(s) on \(spec.name): \(reply.error ?? "refused")") }
         }
     }
