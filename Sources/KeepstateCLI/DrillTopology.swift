@@ -120,10 +120,17 @@ final class DrillTopology {
                 "link set sync0 up",
             ], netns: r.netns)
             try Shell.must(["ip", "netns", "exec", r.netns, "nft", "-f", rules])
-            try Shell.must(["ip", "netns", "exec", r.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1",
-                            "net.netfilter.nf_conntrack_tcp_loose=\(loose)"])
+            try Self.sysctl(r.netns, ["net.ipv4.ip_forward": "1", "net.netfilter.nf_conntrack_tcp_loose": "\(loose)"])
         }
-        try Shell.must(["ip", "netns", "exec", clients, "sysctl", "-qw", "net.ipv4.ip_local_port_range=\(Self.clientPorts)"])
+        try Self.sysctl(clients, ["net.ipv4.ip_local_port_range": Self.clientPorts])
+    }
+
+    /// Writes sysctls of a namespace through its /proc/sys (no procps needed).
+    static func sysctl(_ netns: String, _ values: [String: String]) throws {
+        let script = values.sorted { $0.key < $1.key }
+            .map { "echo '\($0.value)' > /proc/sys/\($0.key.replacingOccurrences(of: ".", with: "/"))" }
+            .joined(separator: " && ")
+        try Shell.must(["ip", "netns", "exec", netns, "sh", "-c", script])
     }
 
     /// All of the router's links down at once (in-process netlink: three messages within
