@@ -465,9 +465,7 @@ struct DrillRun {
         say("r2 master after \(DrillAnalysis.fmt(report.survivorMasterSeconds)) s")
         // Watch until every flow answered again or ended, then half a second more.
         _ = waitFor(drill.observe - DrillAnalysis.seconds(monotonicNanoseconds() - failure), every: 0.1) {
-            client.send("since \(failure)")
-            guard let p = client.nextJSON(DrillClientProgress.self, timeout: 2) else { return false }
-            return p.replied + p.ended >= p.flows
+            allAnswered(client, since: failure)
         }
         usleep(500_000)
         dumpFlows(topo, "after-failure")
@@ -539,9 +537,7 @@ struct DrillRun {
                 let mark = monotonicNanoseconds()
                 usleep(200_000)
                 _ = waitFor(drill.observe, every: 0.1) {
-                    client.send("since \(mark)")
-                    guard let p = client.nextJSON(DrillClientProgress.self, timeout: 2) else { return false }
-                    return p.replied + p.ended >= p.flows
+                    allAnswered(client, since: mark)
                 }
                 usleep(500_000)
             }
@@ -570,6 +566,18 @@ struct DrillRun {
         }
         say("done")
         return report
+    }
+
+    /// Whether every flow has answered a message sent after `since`, or ended. Answers to
+    /// earlier questions that arrive late are skipped.
+    func allAnswered(_ client: DrillChild, since: UInt64) -> Bool {
+        client.send("since \(since)")
+        let deadline = Date(timeIntervalSinceNow: 2)
+        while deadline.timeIntervalSinceNow > 0 {
+            guard let p = client.nextJSON(DrillClientProgress.self, timeout: deadline.timeIntervalSinceNow) else { return false }
+            if p.since == since { return p.replied + p.ended >= p.flows }
+        }
+        return false
     }
 
     /// With --keep-files: both routers' conntracks of the client's flows (one kernel dump each,
