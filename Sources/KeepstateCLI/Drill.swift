@@ -23,9 +23,9 @@ struct Drill: ParsableCommand {
             on SIGINT and SIGTERM.
 
             Examples:
-              keepstate drill                                  # 1,000 TCP + 200 UDP, 1,000,000 conntracks, loose 1 and 0
+              keepstate drill                  # 1,000 TCP, 200 UDP, 1,000,000 conntracks
               keepstate drill --tcp 100 --udp 20 --background 10000 --loose 1
-              keepstate drill --ha static --json               # development: without VRRP
+              keepstate drill --ha static --json     # development: without VRRP
             """)
 
     enum Loose: String, ExpressibleByArgument, CaseIterable {
