@@ -126,10 +126,11 @@ struct DrillTests {
         #expect((sync.backupHeld ?? 0) >= 10_000)
         #expect(sync.failback?.tcp.reset == 0)
         let control = try #require(report.runs.last)
-        #expect(control.tcp.survived == 0)
+        // A new random NAT port equal to the old one lets a flow go on by chance (1 in 40,000).
+        #expect(control.tcp.survived <= 1)
         // With nf_conntrack_tcp_loose=1 the server answers a re-NATed segment with RST.
-        #expect(control.tcp.reset + control.tcp.stalled == 100 && control.tcp.reset > 0)
-        #expect(control.udp.reNATed == 20)
+        #expect(control.tcp.reset + control.tcp.stalled + control.tcp.survived == 100 && control.tcp.reset > 0)
+        #expect(control.udp.reNATed >= 19)
         #expect(report.passed)
         // Nothing left behind.
         let left = try Shell.run(["ip", "netns", "list"]).output
