@@ -109,7 +109,7 @@ let package = Package(
             name: "KeepstateCLI",
             dependencies: [
                 "ConntrackModel", "SyncProtocol", "SyncPolicy", "Dataplane", "SyncEngine", "PKI", "Config", "NetfilterConntrack",
-                "KernelDataplane", "Daemon",
+                "KernelDataplane", "Daemon", "NetlinkRoute",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -19,7 +19,7 @@ public struct Keepstate: AsyncParsableCommand {
               keepstate demo                                          # two nodes in one process
             """,
         version: "0.1.0",
-        subcommands: [Run.self, CheckConfig.self, Show.self, SetState.self, Sync.self, Reload.self, PKICommand.self, Demo.self, Bench.self]
+        subcommands: [Run.self, CheckConfig.self, Show.self, SetState.self, Sync.self, Reload.self, PKICommand.self, Demo.self, Bench.self, Drill.self, DrillTraffic.self]
     )
 
     public init() {}

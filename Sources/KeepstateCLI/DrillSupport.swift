@@ -1,0 +1,284 @@
+import Foundation
+
+// What the drill makes, and undoes on every way out: namespaces, child processes, sysctls of
+// the root namespace, files. SIGINT, SIGTERM and SIGHUP run the same cleanup, then exit.
+
+/// A command that failed, with its output.
+struct DrillError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+/// Everything the drill made that must go when it ends. Thread-safe; `cleanAll` is idempotent.
+final class DrillJanitor: @unchecked Sendable {
+    static let shared = DrillJanitor()
+
+    private let lock = NSLock()
+    private var namespaces: [String] = []
+    private var children: [DrillChild] = []
+    private var sysctls: [(key: String, value: String)] = []
+    private var paths: [String] = []
+    private var aborted = false
+    private var signalSources: [any DispatchSourceSignal] = []
+    /// Held for a whole cleanup: a second caller (the main thread, while a signal handler
+    /// cleans up) waits until the first is done instead of exiting under it.
+    private let cleaning = NSLock()
+    private var signalled: Int32?
+
+    /// The signal that interrupted the drill, if one did.
+    var caughtSignal: Int32? { lock.withLock { signalled } }
+    /// Set by `--keep-files`: the working directory stays.
+    var keepFiles = false
+
+    var isAborted: Bool { lock.withLock { aborted } }
+
+    /// Registers a namespace before it is made, so that an interruption in between removes it.
+    func adopt(namespace: String) { lock.withLock { namespaces.append(namespace) } }
+
+    func forget(namespace: String) { lock.withLock { namespaces.removeAll { $0 == namespace } } }
+
+    /// Registers a child; one started after an interruption is stopped at once.
+    func adopt(_ child: DrillChild) {
+        let late = lock.withLock { () -> Bool in
+            if aborted { return true }
+            children.append(child)
+            return false
+        }
+        if late { child.kill() }
+    }
+
+    func forget(_ child: DrillChild) { lock.withLock { children.removeAll { $0 === child } } }
+
+    /// Sets a sysctl of the root namespace and remembers the old value (the first one wins).
+    func setRootSysctl(_ key: String, _ value: String) {
+        let path = "/proc/sys/" + key.replacingOccurrences(of: ".", with: "/")
+        guard let old = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) else {
+            return
+        }
+        lock.withLock {
+            if !sysctls.contains(where: { $0.key == key }) { sysctls.append((key, old)) }
+        }
+        try? value.write(toFile: path, atomically: false, encoding: .utf8)
+    }
+
+    func adopt(path: String) { lock.withLock { paths.append(path) } }
+
+    /// Stops the children, deletes the namespaces (after killing whatever still runs in them),
+    /// puts the sysctls back, removes the files.
+    func cleanAll() {
+        cleaning.lock()
+        defer { cleaning.unlock() }
+        let (kids, spaces, settings, files) = lock.withLock { () -> ([DrillChild], [String], [(key: String, value: String)], [String]) in
+            aborted = true
+            defer { children = []; namespaces = []; sysctls = []; paths = [] }
+            return (children, namespaces, sysctls, paths)
+        }
+        for c in kids { c.terminate(grace: 2) }
+        for ns in spaces.reversed() { Self.deleteNamespace(ns) }
+        for s in settings.reversed() {
+            try? s.value.write(toFile: "/proc/sys/" + s.key.replacingOccurrences(of: ".", with: "/"), atomically: false, encoding: .utf8)
+        }
+        if !keepFiles { for p in files.reversed() { try? FileManager.default.removeItem(atPath: p) } }
+    }
+
+    /// Clears the abort flag for another use in the same process (tests run several drills).
+    func reset() { lock.withLock { aborted = false; signalled = nil } }
+
+    static func deleteNamespace(_ ns: String) {
+        // Processes still inside (a daemon whose parent lost track of it) keep a namespace alive.
+        if let pids = try? Shell.run(["ip", "netns", "pids", ns]), pids.status == 0 {
+            for p in pids.output.split(whereSeparator: \.isNewline).compactMap({ Int32($0.trimmingCharacters(in: .whitespaces)) }) {
+                Glibc.kill(p, SIGKILL)
+            }
+        }
+        _ = try? Shell.run(["ip", "netns", "del", ns])
+    }
+
+    /// SIGINT, SIGTERM and SIGHUP: clean up and exit (130, 143, 129). SIGPIPE is ignored (a
+    /// child that died must not kill the drill when it writes to it).
+    func trapSignals() {
+        signal(SIGPIPE, SIG_IGN)
+        lock.withLock {
+            guard signalSources.isEmpty else { return }
+            for sig in [SIGINT, SIGTERM, SIGHUP] {
+                signal(sig, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+                source.setEventHandler { [self] in
+                    lock.withLock { signalled = signalled ?? sig }
+                    FileHandle.standardError.write(Data("keepstate drill: signal \(sig): cleaning up\n".utf8))
+                    cleanAll()
+                    exit(128 + sig)
+                }
+                source.resume()
+                signalSources.append(source)
+            }
+        }
+    }
+
+    /// Removes namespaces and working directories left by drills that were killed (SIGKILL
+    /// leaves no chance to clean up): names `ksd<pid>-...` whose process is gone.
+    static func removeLeftovers(log: (String) -> Void) {
+        guard let list = try? Shell.run(["ip", "netns", "list"]), list.status == 0 else { return }
+        for line in list.output.split(whereSeparator: \.isNewline) {
+            let name = String(line.split(separator: " ").first ?? "")
+            guard name.hasPrefix("ksd"), let dash = name.firstIndex(of: "-"),
+                  let pid = Int32(name[name.index(name.startIndex, offsetBy: 3)..<dash]) else { continue }
+            if pid == getpid() { continue }
+            if Glibc.kill(pid, 0) == 0 || errno == EPERM { continue }
+            log("removing namespace \(name), left by drill process \(pid) which is gone")
+            deleteNamespace(name)
+        }
+        if let entries = try? FileManager.default.contentsOfDirectory(atPath: "/run") {
+            for e in entries where e.hasPrefix("ksd") {
+                guard let pid = Int32(e.dropFirst(3)), pid != getpid() else { continue }
+                if Glibc.kill(pid, 0) == 0 || errno == EPERM { continue }
+                try? FileManager.default.removeItem(atPath: "/run/\(e)")
+            }
+        }
+    }
+}
+
+enum Shell {
+    /// Runs a command (through `env`, so PATH is searched) and returns its status and output.
+    @discardableResult
+    static func run(_ args: [String]) throws -> (status: Int32, output: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = args
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    /// Runs a command that must succeed.
+    @discardableResult
+    static func must(_ args: [String]) throws -> String {
+        let r = try run(args)
+        guard r.status == 0 else {
+            throw DrillError("`\(args.joined(separator: " "))` failed (\(r.status)): \(r.output.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+        return r.output
+    }
+
+    /// Runs `ip -batch` with the given lines (one process for many changes).
+    static func ipBatch(_ lines: [String], netns: String? = nil) throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("ksd-ip-\(getpid())-\(UUID().uuidString)")
+        try (lines.joined(separator: "\n") + "\n").write(to: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+        var args = ["ip"]
+        if let netns { args += ["-n", netns] }
+        try must(args + ["-batch", file.path])
+    }
+}
+
+/// A child process: its standard output read as lines on a thread of its own, standard error
+/// (and standard output, when it is not read as lines) to a log file.
+final class DrillChild: @unchecked Sendable {
+    let name: String
+    let process = Process()
+    private let input: Pipe?
+    private let cond = NSCondition()
+    private var lines: [String] = []
+    private var outputClosed = false
+
+    /// - Parameters:
+    ///   - lineOutput: read standard output as lines (`nextLine`); otherwise it goes to the log.
+    init(name: String, arguments: [String], log: String, lineOutput: Bool, input withInput: Bool) throws {
+        self.name = name
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
+        guard let logHandle = FileHandle(forWritingAtPath: log) else { throw DrillError("cannot write \(log)") }
+        process.standardError = logHandle
+        let output = Pipe()
+        process.standardOutput = lineOutput ? output : logHandle
+        input = withInput ? Pipe() : nil
+        process.standardInput = input ?? FileHandle.nullDevice
+        try process.run()
+        try? logHandle.close()
+        if lineOutput {
+            let reader = Thread { [self] in
+                let handle = output.fileHandleForReading
+                var pending = Data()
+                while true {
+                    let chunk = handle.availableData
+                    if chunk.isEmpty { break }
+                    pending.append(chunk)
+                    var got: [String] = []
+                    while let nl = pending.firstIndex(of: 0x0A) {
+                        got.append(String(decoding: pending[pending.startIndex..<nl], as: UTF8.self))
+                        pending.removeSubrange(pending.startIndex...nl)
+                    }
+                    if !got.isEmpty {
+                        cond.lock(); lines += got; cond.broadcast(); cond.unlock()
+                    }
+                }
+                cond.lock(); outputClosed = true; cond.broadcast(); cond.unlock()
+            }
+            reader.stackSize = 1 << 20
+            reader.start()
+        } else {
+            outputClosed = true
+        }
+        DrillJanitor.shared.adopt(self)
+    }
+
+    var pid: Int32 { process.processIdentifier }
+    var isRunning: Bool { process.isRunning }
+
+    /// The next line of standard output, or nil after `timeout` seconds or at its end.
+    func nextLine(timeout: Double) -> String? {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        cond.lock()
+        defer { cond.unlock() }
+        while lines.isEmpty && !outputClosed {
+            if !cond.wait(until: deadline) { break }
+        }
+        return lines.isEmpty ? nil : lines.removeFirst()
+    }
+
+    /// The next line that is not `ready`-style noise and parses as `T`.
+    func nextJSON<T: Decodable>(_ type: T.Type, timeout: Double) -> T? {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        while true {
+            let left = deadline.timeIntervalSinceNow
+            guard left > 0, let line = nextLine(timeout: left) else { return nil }
+            if let v = try? JSONDecoder().decode(T.self, from: Data(line.utf8)) { return v }
+        }
+    }
+
+    func send(_ line: String) {
+        guard let input else { return }
+        try? input.fileHandleForWriting.write(contentsOf: Data((line + "\n").utf8))
+    }
+
+    func closeInput() { try? input?.fileHandleForWriting.close() }
+
+    /// SIGTERM, then SIGKILL after `grace` seconds.
+    func terminate(grace: Double) {
+        guard process.isRunning else { return }
+        Glibc.kill(pid, SIGTERM)
+        let deadline = Date(timeIntervalSinceNow: grace)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        if process.isRunning { kill() }
+        DrillJanitor.shared.forget(self)
+    }
+
+    /// SIGKILL (a machine that loses power does not shut down cleanly).
+    func kill() {
+        guard process.isRunning else { return }
+        Glibc.kill(pid, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    func wait(timeout: Double) -> Bool {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        return !process.isRunning
+    }
+}

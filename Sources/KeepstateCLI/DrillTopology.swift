@@ -1,0 +1,196 @@
+import Foundation
+import NetlinkRoute
+
+/// The drill's network: five namespaces named `ksd<pid>-<run>-<role>`.
+///
+/// ```
+///  clients (cl)                bridge namespace (br)                     server (sv)
+///  c0 100.64.0.10/24 ── cl ─┐                             ┌─ sv ── s0 198.51.100.10/24
+///                           bin (inside)            bout (outside)
+///        ┌──────── r1in ────┤                             ├──── r1out ───────┐
+///        │         r2in ────┘                             └──── r2out ──┐    │
+///  r1: in0 100.64.0.2   out0 198.51.100.2   sync0 10.150.0.1 ─────┐     │    │
+///  r2: in0 100.64.0.3   out0 198.51.100.3   sync0 10.150.0.2 ─────┘ (direct veth)
+///  virtual addresses (on the master): 100.64.0.1/24 on in0, 198.51.100.1/24 on out0
+/// ```
+///
+/// The clients' default route is the inside virtual address; the server reaches the outside
+/// virtual address on its link (clients' traffic is source-NATed to it). The clients' ports lie
+/// outside the NAT's port range (60000-65535 against 20000-59999), so the NAT must choose every
+/// flow's port: a router that never saw a flow chooses another one (otherwise it would keep the
+/// client's port, as the first router did, and the control run would pass by luck).
+final class DrillTopology {
+    struct Router {
+        let name: String
+        let netns: String
+        let inside: String
+        let outside: String
+        let sync: String
+        let priority: Int
+    }
+
+    static let insideVIP = "100.64.0.1"
+    static let outsideVIP = "198.51.100.1"
+    static let client = "100.64.0.10"
+    static let server = "198.51.100.10"
+    static let natPorts = "20000-59999"
+    static let clientPorts = "60000 65535"
+    static let routerInterfaces = ["in0", "out0", "sync0"]
+
+    let tag: String
+    let clients: String
+    let serverNS: String
+    let bridge: String
+    let r1: Router
+    let r2: Router
+    private(set) var made: [String] = []
+
+    init(tag: String) {
+        self.tag = tag
+        clients = "\(tag)-cl"
+        serverNS = "\(tag)-sv"
+        bridge = "\(tag)-br"
+        r1 = Router(name: "r1", netns: "\(tag)-r1", inside: "100.64.0.2", outside: "198.51.100.2", sync: "10.150.0.1", priority: 150)
+        r2 = Router(name: "r2", netns: "\(tag)-r2", inside: "100.64.0.3", outside: "198.51.100.3", sync: "10.150.0.2", priority: 100)
+    }
+
+    var namespaces: [String] { [bridge, clients, serverNS, r1.netns, r2.netns] }
+
+    /// The nftables ruleset of a router: the forward chain accepts established and related,
+    /// new connections only from inside, drops invalid; clients leave through SNAT to the
+    /// outside virtual address and a port range.
+    static let ruleset = """
+        flush ruleset
+        table inet keepstate_drill {
+            chain forward {
+                type filter hook forward priority filter; policy drop;
+                ct state invalid counter drop
+                ct state established,related counter accept
+                iifname "in0" oifname "out0" ct state new counter accept
+                counter comment "dropped by policy"
+            }
+            chain postrouting {
+                type nat hook postrouting priority srcnat; policy accept;
+                oifname "out0" meta l4proto { tcp, udp } snat ip to \(outsideVIP):\(natPorts)
+            }
+        }
+
+        """
+
+    /// Makes the namespaces, links, addresses, routes, sysctls and rulesets. `loose` is the
+    /// routers' nf_conntrack_tcp_loose.
+    func build(loose: Int, workdir: String) throws {
+        for ns in namespaces {
+            DrillJanitor.shared.adopt(namespace: ns)
+            try Shell.must(["ip", "netns", "add", ns])
+            made.append(ns)
+            try Shell.must(["ip", "-n", ns, "link", "set", "lo", "up"])
+        }
+        var br: [String] = []
+        for b in ["bin", "bout"] {
+            br.append("link add \(b) type bridge stp_state 0 forward_delay 0 mcast_snooping 0")
+            br.append("link set \(b) up")
+        }
+        try Shell.ipBatch(br, netns: bridge)
+
+        // A veth from `ns`'s `local` to the bridge port `port` on bridge `on`.
+        func attach(_ ns: String, _ local: String, port: String, on: String) throws {
+            try Shell.must(["ip", "-n", ns, "link", "add", local, "type", "veth", "peer", "name", port, "netns", bridge])
+            try Shell.must(["ip", "-n", bridge, "link", "set", port, "master", on, "up"])
+            try Shell.must(["ip", "-n", ns, "link", "set", local, "up"])
+        }
+        try attach(clients, "c0", port: "cl", on: "bin")
+        try attach(serverNS, "s0", port: "sv", on: "bout")
+        for r in [r1, r2] {
+            try attach(r.netns, "in0", port: "\(r.name)in", on: "bin")
+            try attach(r.netns, "out0", port: "\(r.name)out", on: "bout")
+        }
+        // The sync link: a veth straight from r1 to r2.
+        try Shell.must(["ip", "-n", r1.netns, "link", "add", "sync0", "type", "veth", "peer", "name", "sync0", "netns", r2.netns])
+
+        try Shell.ipBatch(["addr add \(Self.client)/24 dev c0", "route add default via \(Self.insideVIP)"], netns: clients)
+        try Shell.ipBatch(["addr add \(Self.server)/24 dev s0"], netns: serverNS)
+        let rules = "\(workdir)/\(tag)-nft.conf"
+        try Self.ruleset.write(toFile: rules, atomically: true, encoding: .utf8)
+        for r in [r1, r2] {
+            try Shell.ipBatch([
+                "addr add \(r.inside)/24 dev in0",
+                "addr add \(r.outside)/24 dev out0",
+                "addr add \(r.sync)/24 dev sync0",
+                "link set sync0 up",
+            ], netns: r.netns)
+            try Shell.must(["ip", "netns", "exec", r.netns, "nft", "-f", rules])
+            try Self.sysctl(r.netns, ["net.ipv4.ip_forward": "1", "net.netfilter.nf_conntrack_tcp_loose": "\(loose)"])
+        }
+        try Self.sysctl(clients, ["net.ipv4.ip_local_port_range": Self.clientPorts])
+    }
+
+    /// Writes sysctls of a namespace through its /proc/sys (no procps needed).
+    static func sysctl(_ netns: String, _ values: [String: String]) throws {
+        let script = values.sorted { $0.key < $1.key }
+            .map { "echo '\($0.value)' > /proc/sys/\($0.key.replacingOccurrences(of: ".", with: "/"))" }
+            .joined(separator: " && ")
+        try Shell.must(["ip", "netns", "exec", netns, "sh", "-c", script])
+    }
+
+    /// All of the router's links down at once (in-process netlink: three messages within
+    /// microseconds), as when a machine dies. Returns the time just before the first.
+    func linksDown(_ r: Router) throws -> UInt64 {
+        let nl = try NetlinkRoute(netnsPath: "/run/netns/\(r.netns)")
+        let t = monotonicNanoseconds()
+        for i in Self.routerInterfaces { try nl.setLink(named: i, up: false) }
+        return t
+    }
+
+    func linksUp(_ r: Router) throws {
+        let nl = try NetlinkRoute(netnsPath: "/run/netns/\(r.netns)")
+        for i in Self.routerInterfaces { try nl.setLink(named: i, up: true) }
+    }
+
+    /// Adds the virtual addresses (in-process netlink: no process to start on the failover path).
+    func addVIPs(_ r: Router) throws {
+        let nl = try NetlinkRoute(netnsPath: "/run/netns/\(r.netns)")
+        for (vip, dev) in [(Self.insideVIP, "in0"), (Self.outsideVIP, "out0")] {
+            guard let a = RouteAddress(vip) else { throw DrillError("bad address \(vip)") }
+            _ = try nl.addAddress(a, prefixLength: 24, interface: dev)
+        }
+    }
+
+    func removeVIPs(_ r: Router) {
+        _ = try? Shell.run(["ip", "-n", r.netns, "addr", "del", "\(Self.insideVIP)/24", "dev", "in0"])
+        _ = try? Shell.run(["ip", "-n", r.netns, "addr", "del", "\(Self.outsideVIP)/24", "dev", "out0"])
+    }
+
+    func hasVIPs(_ r: Router) -> Bool {
+        guard let out = try? Shell.run(["ip", "-n", r.netns, "-4", "-o", "addr", "show"]).output else { return false }
+        return out.contains(" \(Self.insideVIP)/") && out.contains(" \(Self.outsideVIP)/")
+    }
+
+    /// Forgets the virtual addresses' link-layer addresses on the client and the server (the
+    /// static driver has no gratuitous ARP: they ask again and the new holder answers).
+    func flushNeighbours() {
+        _ = try? Shell.run(["ip", "-n", clients, "neigh", "flush", "dev", "c0"])
+        _ = try? Shell.run(["ip", "-n", serverNS, "neigh", "flush", "dev", "s0"])
+    }
+
+    /// A rebooted machine's conntrack table is empty.
+    func flushConntrack(_ r: Router) {
+        _ = try? Shell.run(["ip", "netns", "exec", r.netns, "conntrack", "-F"])
+    }
+
+    /// The forward chain's counters of a router (invalid, established, new, policy drops).
+    func forwardCounters(_ r: Router) -> String {
+        guard let out = try? Shell.run(["ip", "netns", "exec", r.netns, "nft", "list", "chain", "inet", "keepstate_drill", "forward"]).output
+        else { return "" }
+        return out.split(whereSeparator: \.isNewline).filter { $0.contains("counter packets") }
+            .map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: "; ")
+    }
+
+    func destroy() {
+        for ns in made.reversed() {
+            DrillJanitor.deleteNamespace(ns)
+            DrillJanitor.shared.forget(namespace: ns)
+        }
+        made = []
+    }
+}

@@ -1,0 +1,139 @@
+import Config
+import Foundation
+@testable import KeepstateCLI
+import Testing
+
+private let runningAsRoot = getuid() == 0
+
+/// The `keepstate` executable next to this test bundle (`swift build` makes it).
+private func keepstateExecutable() -> String? {
+    guard let me = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") else { return nil }
+    let path = URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent("keepstate").path
+    return FileManager.default.isExecutableFile(atPath: path) ? path : nil
+}
+
+private func runDrill(_ exe: String, _ args: [String]) throws -> (status: Int32, stdout: String, stderr: String, pid: Int32) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: exe)
+    p.arguments = ["drill"] + args
+    let out = Pipe()
+    // Progress goes to a file: a pipe nobody reads would fill up and block the drill.
+    let errPath = FileManager.default.temporaryDirectory.appendingPathComponent("keepstate-drill-\(UUID().uuidString).err")
+    FileManager.default.createFile(atPath: errPath.path, contents: nil)
+    defer { try? FileManager.default.removeItem(at: errPath) }
+    let err = try FileHandle(forWritingTo: errPath)
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    let outData = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    try? err.close()
+    let errText = (try? String(contentsOf: errPath, encoding: .utf8)) ?? ""
+    return (p.terminationStatus, String(decoding: outData, as: UTF8.self), errText, p.processIdentifier)
+}
+
+@Suite("keepstate drill")
+struct DrillTests {
+    @Test("the routers' configurations are valid, with VRRP and with the static driver, with and without sync")
+    func configurationsParse() throws {
+        let dir = try TempDir()
+        let topo = DrillTopology(tag: "t")
+        for ha in Drill.HA.allCases {
+            for sync in [true, false] {
+                let c = DrillConfig(router: topo.r1, peer: topo.r2, pki: "/nonexistent", ha: ha, sync: sync, initialMaster: true,
+                                    eventThreads: 2, preemptDelay: ha == .vrrp ? 1.5 : nil)
+                let file = dir.url.appendingPathComponent("\(ha)-\(sync).conf")
+                try c.text.write(to: file, atomically: true, encoding: .utf8)
+                let config = try ConfigLoader.load(path: file.path)
+                #expect(config.routerID == "r1")
+                #expect(config.vrf(named: "main")?.sync?.listenHAGroup == (sync ? DrillConfig.group : nil))
+                if ha == .vrrp {
+                    #expect(config.vrrpSyncGroups.map(\.name) == [DrillConfig.group])
+                    #expect(config.vrrpInstances.map(\.advertInterval) == [0.1, 0.1])
+                    #expect(config.vrrpInstances.allSatisfy { $0.version == .v3 && $0.priority == 150 && $0.preemptDelay == 1.5 })
+                } else {
+                    #expect(config.haGroups.map(\.name) == [DrillConfig.group])
+                }
+            }
+        }
+    }
+
+    /// A client report: flow 0 (TCP) survives with a 0.7 s stall, flow 1 (TCP) is reset, flow
+    /// 2 (UDP) answers again but under a new NAT port, flow 3 (UDP) never answers again.
+    @Test("the analysis classifies flows around the failure")
+    func analysis() {
+        let s: UInt64 = 1_000_000_000
+        let failure = 10 * s
+        func flow(_ n: UInt32, _ proto: String, after: UInt64?, status: String = "open", ended: UInt64? = nil) -> DrillFlowRecord {
+            DrillFlowRecord(flow: n, proto: proto, local: "100.64.0.10:\(60000 + n)", sent: 300, received: after == nil ? 200 : 290,
+                            sendFailed: 0, firstReply: 1 * s, lastReply: after ?? (failure - s / 20), gaps: [], status: status,
+                            error: nil, endedAt: ended, markBefore: [failure - s / 20], markAfter: [after])
+        }
+        let client = DrillClientReport(
+            started: 0, stopped: 20 * s, marks: [failure], gapThreshold: s / 10,
+            flows: [flow(0, "tcp", after: failure + s * 65 / 100),
+                    flow(1, "tcp", after: nil, status: "reset", ended: failure + s / 2),
+                    flow(2, "udp", after: failure + s / 5),
+                    flow(3, "udp", after: nil)])
+        let server = DrillServerReport(
+            tcpAccepted: 2, tcpResets: 0, tcpClosed: 0, tcpEchoed: 0, udpEchoed: 0,
+            udpFlows: [DrillUDPFlowSeen(flow: 2, sources: ["198.51.100.1:30000", "198.51.100.1:40000"], firstSeen: [s, failure + s / 10]),
+                       DrillUDPFlowSeen(flow: 3, sources: ["198.51.100.1:30001"], firstSeen: [s])])
+        let tcp = DrillAnalysis.atFailure(client, server, proto: "tcp", failure: failure, windowEnd: 20 * s, bound: 3)
+        #expect(tcp.total == 2 && tcp.survived == 1 && tcp.reset == 1 && tcp.stalled == 0)
+        #expect(abs((tcp.stallMax ?? 0) - 0.7) < 1e-9)
+        let udp = DrillAnalysis.atFailure(client, server, proto: "udp", failure: failure, windowEnd: 20 * s, bound: 3)
+        #expect(udp.total == 2 && udp.survived == 0 && udp.reNATed == 1 && udp.stalled == 1)
+        #expect(udp.lost == 110 && udp.lostMaxPerFlow == 100)
+        #expect(DrillAnalysis.allAnswered(client, failure: failure, windowEnd: 20 * s) == nil)
+
+        var run = DrillRunReport(name: "sync loose=1", sync: true, loose: 1)
+        run.tcp = tcp
+        run.udp = udp
+        run.masterTable = 10
+        run.backupHeld = 10
+        let settings = DrillSettings(tcp: 2, udp: 2, intervalMs: 50, background: 0, ha: "static", failure: "power",
+                                     stallBound: 3, observe: 6, eventThreads: 4)
+        let checks = DrillAnalysis.checks(run, settings: settings)
+        #expect(checks.filter { !$0.passed }.map(\.name).sorted() == [
+            "every UDP flow answered within 3.0 s", "no TCP flow was reset at the failover", "no UDP flow was re-NATed",
+        ])
+        run.checks = checks
+        let table = DrillAnalysis.table(DrillReport(settings: settings, runs: [run], notes: [], passed: false))
+        #expect(table.contains("TCP survived") && table.contains("1/2") && table.contains("FAIL"))
+    }
+
+    /// The small drill of issue 7: 100 TCP and 20 UDP flows, 10,000 background conntracks, the
+    /// sync run and the control run, nf_conntrack_tcp_loose=1.
+    @Test("a small drill: flows survive with the sync and die without it", .enabled(if: runningAsRoot), .timeLimit(.minutes(3)))
+    func smallDrill() throws {
+        let exe = try #require(keepstateExecutable(), "build the keepstate executable first (swift build)")
+        let args = ["--tcp", "100", "--udp", "20", "--background", "10000", "--loose", "1", "--observe", "5", "--json"]
+        var r = try runDrill(exe, args)
+        var driver = "vrrp"
+        if r.status == 2 && r.stderr.contains("--ha static") && r.stderr.contains("VRRP") {
+            // This build's daemon does not run VRRP yet: the static driver (development only).
+            driver = "static"
+            r = try runDrill(exe, args + ["--ha", "static"])
+        }
+        #expect(r.status == 0, "drill exited \(r.status):\n\(r.stdout)\n\(r.stderr.suffix(4000))")
+        let report = try JSONDecoder().decode(DrillReport.self, from: Data(r.stdout.utf8))
+        #expect(report.settings.ha == driver)
+        #expect(report.runs.map(\.name) == ["sync loose=1", "control loose=1"])
+        let sync = try #require(report.runs.first)
+        #expect(sync.tcp.survived == 100 && sync.tcp.reset == 0)
+        #expect(sync.udp.survived == 20 && sync.udp.reNATed == 0)
+        #expect((sync.backupHeld ?? 0) >= 10_000)
+        #expect(sync.failback?.tcp.reset == 0)
+        let control = try #require(report.runs.last)
+        // A new random NAT port equal to the old one lets a flow go on by chance (1 in 40,000).
+        #expect(control.tcp.survived <= 1)
+        // With nf_conntrack_tcp_loose=1 the server answers a re-NATed segment with RST.
+        #expect(control.tcp.reset + control.tcp.stalled + control.tcp.survived == 100 && control.tcp.reset > 0)
+        #expect(control.udp.reNATed >= 19)
+        #expect(report.passed)
+        // Nothing left behind.
+        let left = try Shell.run(["ip", "netns", "list"]).output
+        #expect(!left.contains("ksd\(r.pid)-"), "namespaces left: \(left)")
+    }
+}
