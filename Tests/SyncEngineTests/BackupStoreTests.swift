@@ -31,7 +31,8 @@ struct BackupStoreTests {
     }
 }
 
-/// A memory dataplane whose kernel refuses each key's first hold write.
+/// A memory dataplane whose kernel refuses each key's first hold write, and every hold write
+/// while `refusing` is set.
 final class FlakyDataplane: Dataplane, @unchecked Sendable {
     struct Refused: DataplaneWriteRejection {
         var rejectedKeys: [ConntrackKey]
@@ -40,6 +41,11 @@ final class FlakyDataplane: Dataplane, @unchecked Sendable {
     let inner = MemoryDataplane(vrf: "main")
     private let lock = NSLock()
     private var refusedOnce: Set<ConntrackKey> = []
+    private var refusingAll = false
+    var refusing: Bool {
+        get { lock.withLock { refusingAll } }
+        set { lock.withLock { refusingAll = newValue } }
+    }
     var vrf: String { inner.vrf }
     var count: Int { inner.count }
     func dump() throws -> [Conntrack] { inner.dump() }
@@ -58,6 +64,7 @@ final class FlakyDataplane: Dataplane, @unchecked Sendable {
     }
     func hold(_ updates: [ConntrackUpdate], timeout: UInt32) throws {
         let refused: [ConntrackKey] = lock.withLock {
+            if refusingAll { return updates.map(\.key) }
             let fresh = updates.map(\.key).filter { !refusedOnce.contains($0) }
             refusedOnce.formUnion(fresh)
             return fresh
@@ -73,17 +80,20 @@ struct HolderTests {
     @Test("entries the dataplane refuses are written again; a takeover does not wait for the retries, which then write own timeouts")
     func refusedEntriesAreRetried() async throws {
         let flaky = FlakyDataplane()
+        flaky.refusing = true
         let pair = try await Pair.make(connections: 2, logLevel: .critical, dataplane2: flaky)
         pair.dp1.simulate((0..<UInt64(300)).map { .upsert(TrafficGenerator.conntrack(number: $0)) })
         pair.e1.setRole(.master)
         pair.startSending()
         #expect(await eventually { pair.e2.store.count == 300 })
-        // Every key was refused once, and the first retry comes 1 s later: a takeover now returns
-        // without waiting for it (had it waited, the retried entries would be there).
+        #expect(await eventually { (pair.e2.holderStatistics?.failedBatches ?? 0) >= 1 })
+        // The dataplane refuses every hold write for now, so retries are pending: a takeover
+        // returns without waiting for them (had it waited, it would not return before they give up).
         _ = await pair.e2.prepareTakeover()
-        #expect(flaky.count < 300, "prepareTakeover waited for the retries")
+        #expect(flaky.count == 0, "prepareTakeover wrote the refused entries")
+        flaky.refusing = false
         pair.e2.setRole(.master)
-        #expect(await eventually(10) { flaky.count == 300 }, "the retries wrote every refused entry")
+        #expect(await eventually(40) { flaky.count == 300 }, "the retries wrote every refused entry")
         // After the takeover the re-arm is over: a retry must not leave a hold timeout behind.
         #expect(flaky.applied == 300, "retries after the takeover were held, never to be re-armed")
         let stats = try #require(pair.e2.holderStatistics)
