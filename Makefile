@@ -4,9 +4,10 @@
 SWIFT ?= swift
 SHELL := /bin/bash
 # Build-time C libraries of the design (libnl, libnetfilter_conntrack, OpenSSL) and the tools
-# the tests drive (openssl s_client as an independent TLS client).
+# the tests drive (openssl s_client as an independent TLS client; keepalived as the other VRRP
+# router; tshark's VRRP dissector as the judge of our adverts and the takeover benchmark's clock).
 DEBS := pkg-config libssl-dev openssl libnl-3-dev libnl-route-3-dev libnetfilter-conntrack-dev \
-        iproute2 nftables conntrack
+        iproute2 nftables conntrack keepalived tshark
 
 .PHONY: all deps build test drill bench fuzz clean
 
@@ -20,6 +21,7 @@ deps:
 			echo "missing Debian packages:$$missing"; echo "run as root, or: sudo apt-get install$$missing"; exit 1; \
 		fi; \
 		echo "installing:$$missing"; \
+		echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
@@ -34,12 +36,13 @@ test: deps
 	@n=$$(sed -n 's/.*Test run with \([0-9]*\) tests\{0,1\} in .* passed after.*/\1/p' .build/test.log | tail -1); \
 	 [ -n "$$n" ] && echo "$$n passed, 0 failed"
 
-# Until the namespace drill exists (issue 7), the drill is the in-process two-node demo: real
-# mutual TLS on loopback, 100,000 conntracks, 1,000,000 changes, 50 killed connections, a
-# failover and a restarted node.
+# The failover drill (docs/drill.md): two routers elected by VRRP in network namespaces, NAT
+# and a stateful firewall, TCP and UDP flows through them; the master fails, the flows must go
+# on through the backup; then the same without the sync, as the control. Release build: the
+# drill times what the daemon does.
 drill: deps
-	$(SWIFT) build --product keepstate
-	./.build/debug/keepstate demo
+	$(SWIFT) build -c release --product keepstate
+	./.build/release/keepstate drill
 
 bench: deps
 	$(SWIFT) build -c release --product keepstate

@@ -65,6 +65,34 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
         // VRRP (RFC 3768, 5798, 9568): packet codec, receive checks, the state machine. Pure.
         .target(name: "VRRP", swiftSettings: strict),
+        // What Swift's Glibc module does not show (setns, in6_pktinfo and cmsg handling, AF_PACKET
+        // and BPF types, eventfd). Only VRRPNet imports it.
+        .target(name: "CVRRPNet"),
+        // The I/O of a VRRP instance: raw VRRP sockets (IPv4 through SwiftNIO, IPv6 on a thread),
+        // gratuitous ARP / unsolicited NA over AF_PACKET, and `VRRPRunner`, which drives one
+        // `VRRPInstanceState` with a monotonic clock (docs/vrrp-runtime.md).
+        .target(
+            name: "VRRPNet",
+            dependencies: [
+                "VRRP", "CVRRPNet",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        // Takeover benchmark against keepalived in network namespaces, and the lab helpers
+        // (namespaces, bridge segment, keepalived and tshark processes) the namespace tests share.
+        .target(
+            name: "VRRPBench",
+            dependencies: [
+                "VRRP", "VRRPNet",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         // The Dataplane interface and the in-memory implementation with a traffic generator.
         .target(name: "Dataplane", dependencies: ["ConntrackModel"], swiftSettings: strict),
         // CA and node certificates for the sync connections.
@@ -96,6 +124,7 @@ let package = Package(
             name: "Daemon",
             dependencies: [
                 "Config", "ConntrackModel", "Dataplane", "KernelDataplane", "SyncEngine", "SyncPolicy", "SyncProtocol",
+                "VRRP", "VRRPNet", "NetlinkRoute",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -133,6 +162,17 @@ let package = Package(
         .testTarget(name: "PKITests", dependencies: ["PKI"], swiftSettings: strict),
         .testTarget(name: "VRRPTests", dependencies: ["VRRP", "ConntrackModel"], swiftSettings: strict),
         .testTarget(
+            name: "VRRPNetTests",
+            dependencies: [
+                "VRRP", "VRRPNet", "VRRPBench", "TestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "InMemoryLogging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
             name: "NetfilterConntrackTests", dependencies: ["NetfilterConntrack", "ConntrackModel", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "SyncEngineTests",
@@ -146,7 +186,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "NetlinkRouteTests", dependencies: ["NetlinkRoute", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "KeepstateCLITests", dependencies: ["KeepstateCLI", "Config", "Daemon", "SyncEngine", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "KeepstateCLITests", dependencies: ["KeepstateCLI", "Config", "Daemon", "SyncEngine", "TestSupport", "VRRPBench"], swiftSettings: strict),
         .testTarget(
             name: "DaemonTests",
             dependencies: ["Daemon", "Config", "Dataplane", "ConntrackModel", "SyncEngine", "SyncPolicy", "PKI", "TestSupport",

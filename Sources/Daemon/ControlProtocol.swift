@@ -114,6 +114,11 @@ public struct GroupReport: Codable, Sendable, Equatable {
     public var since: Double
     public var transitions: Int
     public var vrfs: [String]
+    /// VRRP instances only: the state machine's state (`initialize`, `backup`, `master`,
+    /// `fault`), its priority after tracking, and why it is in FAULT.
+    public var vrrpState: String?
+    public var vrrpPriority: Int?
+    public var vrrpFault: String?
 }
 
 /// One VRF as `show state` reports it.

@@ -41,6 +41,7 @@ public actor KeepstateDaemon {
     private var failed: [String: String] = [:]
     private let eventLoops: MultiThreadedEventLoopGroup
     private var control: ControlServer?
+    private var vrrp: VRRPSupervisor?
     private let started = ContinuousClock.now
 
     /// Loads and validates the configuration; nothing starts until `start`.
@@ -63,6 +64,22 @@ public actor KeepstateDaemon {
         }
         buildGroups()
         for vrf in config.vrfs { await startVRF(vrf) }
+        if !config.vrrpInstances.isEmpty {
+            // After the VRFs: an instance that becomes master makes their conntracks forwardable
+            // first. If VRRP cannot start, nothing stays running.
+            do {
+                vrrp = try await VRRPSupervisor.start(
+                config: config, eventLoop: eventLoops.next(), logger: logger,
+                willBecomeMaster: { [weak self] groups in
+                    await self?.drive(Dictionary(uniqueKeysWithValues: groups.map { ($0, SyncRole.master) }))
+                },
+                drive: { [weak self] roles in await self?.drive(roles) })
+            } catch {
+                logger.error("VRRP could not start; stopping", metadata: ["error": "\(error)"])
+                await shutdown()
+                throw error
+            }
+        }
         logger.notice("keepstate running", metadata: [
             "config": "\(options.configPath)", "vrfs": "\(config.vrfs.map(\.name).joined(separator: ","))",
             "socket": "\(options.socketPath)",
@@ -71,6 +88,9 @@ public actor KeepstateDaemon {
 
     public func shutdown() async {
         logger.notice("keepstate stopping")
+        // VRRP first: a master hands over at once (priority 0) while the VRFs still sync.
+        await vrrp?.shutdown()
+        vrrp = nil
         for v in vrfs.values { await v.stop() }
         vrfs = [:]
         await control?.close()
@@ -92,8 +112,33 @@ public actor KeepstateDaemon {
                 next[g.name] = HAGroupState(name: g.name, kind: .static, driven: role, override: overrides[g.name] ?? .auto, now: now)
             }
         }
+        // VRRP groups start as backup; their runners drive them.
+        let vrrpGroups = config.vrrpInstances.map { ($0.name, GroupKind.vrrpInstance) }
+            + config.vrrpSyncGroups.map { ($0.name, GroupKind.vrrpSyncGroup) }
+        for (name, kind) in vrrpGroups {
+            next[name] = groups[name] ?? HAGroupState(name: name, kind: kind, driven: .backup, override: overrides[name] ?? .auto, now: now)
+        }
         groups = next
         overrides = overrides.filter { next[$0.key] != nil }
+    }
+
+    /// VRRP's states: each group's driven role, then the VRFs that follow it. Awaited by an
+    /// instance about to become master: the VRFs' synced conntracks are forwardable on return.
+    func drive(_ roles: [String: SyncRole]) async {
+        let now = ContinuousClock.now
+        for (name, role) in roles.sorted(by: { $0.key < $1.key }) {
+            guard var g = groups[name] else { continue }
+            let before = g.driven
+            let changed = g.drive(role, now: now)
+            groups[name] = g
+            if before != role {
+                logger.notice("HA group driven by VRRP", metadata: [
+                    "group": "\(name)", "from": "\(before.rawValue)", "to": "\(role.rawValue)",
+                    "state": "\(g.effective.rawValue)", "override": "\(g.override.rawValue)",
+                ])
+            }
+            if changed != nil { await apply(group: name) }
+        }
     }
 
     private func groupName(of vrf: VRFConfig) -> String? { vrf.sync?.listenHAGroup }
@@ -118,11 +163,6 @@ public actor KeepstateDaemon {
     // MARK: VRFs
 
     private func startVRF(_ vrf: VRFConfig) async {
-        if let name = groupName(of: vrf), groups[name] == nil {
-            failed[vrf.name] = "listen_ha_group \(name) is a VRRP group, and this build does not run VRRP yet"
-            logger.error("VRF not started", metadata: ["vrf": "\(vrf.name)", "error": "\(failed[vrf.name]!)"])
-            return
-        }
         do {
             let dataplane = try options.dataplaneFactory(vrf)
             let runtime = VRFRuntime(config: vrf, dataplane: dataplane, group: eventLoops, logger: logger)
@@ -216,6 +256,14 @@ public actor KeepstateDaemon {
             return .failure("reload refused, the running configuration stays:\n\(error)")
         }
         let old = config
+        if Self.vrrpSettings(old) != Self.vrrpSettings(new) {
+            logger.error("reload refused: the VRRP settings changed; the running configuration stays")
+            return .failure("""
+                reload refused, the running configuration stays: the VRRP settings (global_defs VRRP \
+                keys, vrrp_script, vrrp_instance, vrrp_sync_group) changed, and a reload does not \
+                restart VRRP instances. Restart the daemon for them (a master hands over first).
+                """)
+        }
         config = new
         buildGroups()
         var changes: [String] = []
@@ -249,15 +297,54 @@ public actor KeepstateDaemon {
         return ControlReply(ok: true, message: "reloaded: \(summary)")
     }
 
+    /// The VRRP part of a configuration without the places it was read from (moving a block
+    /// or adding a comment is no change).
+    struct VRRPSettings: Equatable {
+        var globals: VRRPGlobals
+        var scripts: [VRRPScriptSpec]
+        var instances: [VRRPInstanceSpec]
+        var syncGroups: [VRRPSyncGroupSpec]
+    }
+
+    static func vrrpSettings(_ c: KeepstateConfig) -> VRRPSettings {
+        let nowhere = SourceLocation(file: "", line: 0, column: 0)
+        func bare(_ s: ScriptCommandSpec?) -> ScriptCommandSpec? {
+            s.map { var x = $0; x.location = nowhere; return x }
+        }
+        func bare(_ n: NotifySpec) -> NotifySpec {
+            NotifySpec(master: bare(n.master), backup: bare(n.backup), fault: bare(n.fault), stop: bare(n.stop), generic: bare(n.generic))
+        }
+        func bare(_ a: [VirtualAddressSpec]) -> [VirtualAddressSpec] { a.map { var x = $0; x.location = nowhere; return x } }
+        return VRRPSettings(
+            globals: c.vrrpGlobals,
+            scripts: c.vrrpScripts.map { var x = $0; x.location = nowhere; x.command = bare(x.command)!; return x },
+            instances: c.vrrpInstances.map { i in
+                var x = i
+                x.location = nowhere
+                x.virtualAddresses = bare(x.virtualAddresses)
+                x.excludedAddresses = bare(x.excludedAddresses)
+                x.unicastPeers = x.unicastPeers.map { var p = $0; p.location = nowhere; return p }
+                x.trackInterfaces = x.trackInterfaces.map { var t = $0; t.location = nowhere; return t }
+                x.trackScripts = x.trackScripts.map { var t = $0; t.location = nowhere; return t }
+                x.notify = bare(x.notify)
+                return x
+            },
+            syncGroups: c.vrrpSyncGroups.map { var x = $0; x.location = nowhere; x.notify = bare(x.notify); return x })
+    }
+
     func stateReport(vrf only: String?) async -> StateReport {
         let now = ContinuousClock.now
         var groupReports: [GroupReport] = []
+        var instances: [String: VRRPSupervisor.InstanceReport] = [:]
+        for r in await vrrp?.reports() ?? [] { instances[r.name] = r }
         for name in groups.keys.sorted() {
             let g = groups[name]!
+            let i = instances[name]
             groupReports.append(GroupReport(
                 name: name, kind: g.kind.rawValue, driven: g.driven.rawValue, override: g.override.rawValue,
                 state: g.effective.rawValue, since: (now - g.since).seconds, transitions: g.transitions,
-                vrfs: config.vrfs.filter { groupName(of: $0) == name }.map(\.name)))
+                vrfs: config.vrfs.filter { groupName(of: $0) == name }.map(\.name),
+                vrrpState: i.map { "\($0.state)" }, vrrpPriority: i.map { Int($0.priority) }, vrrpFault: i?.fault))
         }
         var vrfReports: [VRFReport] = []
         for vrf in config.vrfs where only == nil || only == vrf.name {

@@ -54,9 +54,35 @@ final class LoopbackPair {
         return SyncEngine(settings: settings, tls: tls, dataplane: dataplane, group: group, logger: logger)
     }
 
+    /// Listens on ports below the ephemeral range (32768 and up here): a restarted node binds
+    /// its port again, and in a range where outgoing connections pick their ports, another
+    /// connection may hold it by then (seen: EADDRINUSE when `make test` runs every suite).
     func listen() async throws {
-        port1 = try await e1.startListening()
-        port2 = try await e2.startListening()
+        let queueLimit = e1.settings.queueLimit
+        await e1.shutdown()
+        await e2.shutdown()
+        (e1, port1) = try await Self.listenBelowEphemeral("ha1", dataplane: dp1, certs: certs, ca: ca, connections: connections,
+                                                          group: group, logger: logger, queueLimit: queueLimit)
+        (e2, port2) = try await Self.listenBelowEphemeral("ha2", dataplane: dp2, certs: certs, ca: ca, connections: connections,
+                                                          group: group, logger: logger, queueLimit: queueLimit)
+    }
+
+    static func listenBelowEphemeral(_ node: String, dataplane: any Dataplane, certs: [String: PEMPair], ca: PEMPair,
+                                     connections: Int, group: any EventLoopGroup, logger: Logger,
+                                     queueLimit: Int) async throws -> (SyncEngine, Int) {
+        var lastError: (any Error)?
+        for _ in 0..<20 {
+            let port = Int.random(in: 20_000..<32_000)
+            let e = try engine(node, dataplane: dataplane, certs: certs, ca: ca, connections: connections, group: group,
+                               logger: logger, queueLimit: queueLimit, listenPort: port)
+            do {
+                return (e, try await e.startListening())
+            } catch {
+                lastError = error
+                await e.shutdown()
+            }
+        }
+        throw lastError!
     }
 
     func startSending() {

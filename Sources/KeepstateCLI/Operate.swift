@@ -235,6 +235,10 @@ public enum ShowRender {
             out += "        state \(g.state)\n"
             out += "        driven \(g.driven)\n"
             out += "        override \(g.override)\n"
+            if let v = g.vrrpState {
+                out += "        vrrp \(v) priority \(g.vrrpPriority.map { "\($0)" } ?? "-")\n"
+            }
+            if let f = g.vrrpFault { out += "        fault \(f)\n" }
             out += "        since \(String(format: "%.0f", g.since)) s, \(g.transitions) transition(s)\n"
             if !g.vrfs.isEmpty { out += "        vrfs \(g.vrfs.joined(separator: " "))\n" }
         }

@@ -88,6 +88,14 @@ public enum VRRPTransitionReason: Sendable, Equatable, Hashable, CustomStringCon
     case shutdown
     case linkDown
     case linkUp
+    /// Tracking (an interface, a script, or a member of the sync group) put the instance in
+    /// FAULT; the text says which.
+    case tracking(String)
+    /// Every tracked object is fine again: the instance leaves FAULT.
+    case trackingRecovered
+    /// keepalived `vrrp_sync_group`: the instance follows another member (`member`), which
+    /// became master or left it.
+    case syncGroup(member: String, state: VRRPState)
 
     public var description: String {
         switch self {
@@ -99,6 +107,9 @@ public enum VRRPTransitionReason: Sendable, Equatable, Hashable, CustomStringCon
         case .shutdown: return "shutdown"
         case .linkDown: return "link down"
         case .linkUp: return "link up"
+        case .tracking(let why): return why
+        case .trackingRecovered: return "tracked objects recovered"
+        case .syncGroup(let member, let state): return "sync group member \(member) became \(state)"
         }
     }
 }
@@ -276,7 +287,27 @@ public struct VRRPInstanceState: Sendable, Equatable {
         return []
     }
 
-    public mutating func linkDown(now: VRRPInstant) -> [VRRPAction] {
+    /// keepalived `vrrp_sync_group`: another member became master, and this one follows at once
+    /// from Backup (as if its Master_Down_Timer had fired). Nothing in the other states.
+    public mutating func syncGroupMaster(member: String, now: VRRPInstant) -> [VRRPAction] {
+        guard state == .backup else { return [] }
+        return becomeMaster(now: now, reason: .syncGroup(member: member, state: .master))
+    }
+
+    /// keepalived `vrrp_sync_group`: another member left Master for Backup, and this one follows
+    /// from Master: Backup with a Master_Down_Timer, as after a higher-priority advert. Nothing in
+    /// the other states.
+    public mutating func syncGroupBackup(member: String, now: VRRPInstant) -> [VRRPAction] {
+        guard state == .master else { return [] }
+        adverTimer = nil
+        masterDownTimer = now + masterDownInterval
+        state = .backup
+        return [.becomeBackup(.syncGroup(member: member, state: .backup)), .removeVirtualAddresses]
+    }
+
+    /// Tracking failed (weight-0 `track_interface` or `track_script`, a sync group member in
+    /// FAULT): as `linkDown`, with the reason given.
+    public mutating func enterFault(_ reason: VRRPTransitionReason, now: VRRPInstant) -> [VRRPAction] {
         linkIsUp = false
         let previous = state
         switch previous {
@@ -288,16 +319,25 @@ public struct VRRPInstanceState: Sendable, Equatable {
             masterDownTimer = nil
             preemptDelayUntil = nil
             return previous == .master
-                ? [.enterFault(.linkDown), .removeVirtualAddresses]
-                : [.enterFault(.linkDown)]
+                ? [.enterFault(reason), .removeVirtualAddresses]
+                : [.enterFault(reason)]
         }
     }
 
-    public mutating func linkUp(now: VRRPInstant) -> [VRRPAction] {
+    /// Tracking recovered: as `linkUp`.
+    public mutating func leaveFault(_ reason: VRRPTransitionReason, now: VRRPInstant) -> [VRRPAction] {
         linkIsUp = true
         guard state == .fault else { return [] }
         state = .initialize
-        return enterFromInitialize(now: now, reason: .linkUp)
+        return enterFromInitialize(now: now, reason: reason)
+    }
+
+    public mutating func linkDown(now: VRRPInstant) -> [VRRPAction] {
+        enterFault(.linkDown, now: now)
+    }
+
+    public mutating func linkUp(now: VRRPInstant) -> [VRRPAction] {
+        leaveFault(.linkUp, now: now)
     }
 
     // MARK: internals

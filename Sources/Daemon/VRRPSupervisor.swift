@@ -1,0 +1,425 @@
+import Config
+import Foundation
+import Logging
+import NIOCore
+import NetlinkRoute
+import SyncEngine
+import VRRP
+import VRRPNet
+
+/// Adds and removes an instance's `virtual_ipaddress` and `virtual_ipaddress_excluded` entries
+/// with libnl-route, each with its prefix, `dev` and `label`. Idempotent, as the runner needs.
+struct NetlinkVirtualAddresses: VirtualAddressManager {
+    let route: NetlinkRoute
+    let specs: [VirtualAddressSpec]
+
+    func addVirtualAddresses(_ addresses: [VRRPAddress], interface: String) async throws {
+        for s in specs {
+            guard let a = RouteAddress(s.address) else { continue }
+            try route.addAddress(a, prefixLength: s.prefixLength, interface: s.dev ?? interface, label: s.label)
+        }
+    }
+
+    func removeVirtualAddresses(_ addresses: [VRRPAddress], interface: String) async throws {
+        var firstError: (any Error)?
+        for s in specs {
+            guard let a = RouteAddress(s.address) else { continue }
+            do {
+                try route.removeAddress(a, prefixLength: s.prefixLength, interface: s.dev ?? interface)
+            } catch {
+                firstError = firstError ?? error
+            }
+        }
+        if let firstError { throw firstError }
+    }
+}
+
+/// The runner's hook: before an instance adds its addresses, the daemon makes the synced
+/// conntracks of every VRF following it (or its sync group) forwardable.
+struct DaemonVRRPHooks: VRRPRunnerHooks {
+    let groups: [String]
+    let willBecomeMaster: @Sendable ([String]) async -> Void
+
+    func willBecomeMaster(_ reason: VRRPTransitionReason) async {
+        await willBecomeMaster(groups)
+    }
+}
+
+/// Why VRRP could not start.
+struct VRRPStartError: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// The VRRP instances of the configuration: one `VRRPRunner` each, their tracking
+/// (`track_interface`, `track_script`, the instance's own interface), their sync groups
+/// (members move together) and notify scripts. It reports each HA group's VRRP state to the
+/// daemon through `drive`, and awaits `willBecomeMaster` before an instance takes its addresses.
+actor VRRPSupervisor {
+    struct Member {
+        let spec: VRRPInstanceSpec
+        let runner: VRRPRunner
+        let endpoint: VRRPEndpoint
+        var state: VRRPState = .initialize
+        var priority: UInt8
+        /// Fault from its own tracking (passed on to its sync group).
+        var ownFault: String?
+        /// The fault told to the runner (own or the group's).
+        var fault: String?
+    }
+
+    private let config: KeepstateConfig
+    private let logger: Logger
+    private let drive: @Sendable ([String: SyncRole]) async -> Void
+    private let notifier: NotifyQueue
+    private var members: [String: Member] = [:]
+    private var interfaceUp: [String: Bool] = [:]
+    private var scriptOK: [String: Bool] = [:]
+    private var checks: [String: ScriptCheck] = [:]
+    private var groupStates: [String: String] = [:]
+    /// The consumers of the runners' state changes (they end with the runners).
+    private var stateTasks: [Task<Void, Never>] = []
+    /// The `vrrp_script` loops (cancelled at shutdown).
+    private var scriptTasks: [Task<Void, Never>] = []
+    private var linkThread: LinkThread?
+    private var stopped = false
+
+    private init(config: KeepstateConfig, logger: Logger, drive: @escaping @Sendable ([String: SyncRole]) async -> Void) {
+        self.config = config
+        self.logger = logger
+        self.drive = drive
+        self.notifier = NotifyQueue(logger: logger)
+    }
+
+    /// Opens every instance's sockets, then starts them. Nothing runs if one cannot open (the
+    /// error names the instance and where it is configured).
+    static func start(config: KeepstateConfig, eventLoop: any EventLoop, logger: Logger,
+                      willBecomeMaster: @escaping @Sendable ([String]) async -> Void,
+                      drive: @escaping @Sendable ([String: SyncRole]) async -> Void) async throws -> VRRPSupervisor {
+        let s = VRRPSupervisor(config: config, logger: logger, drive: drive)
+        try await s.open(eventLoop: eventLoop, willBecomeMaster: willBecomeMaster)
+        await s.run()
+        return s
+    }
+
+    private func open(eventLoop: any EventLoop, willBecomeMaster: @escaping @Sendable ([String]) async -> Void) async throws {
+        let route: NetlinkRoute
+        do {
+            route = try NetlinkRoute()
+        } catch {
+            throw VRRPStartError(description: "VRRP: cannot open rtnetlink: \(error)")
+        }
+        var opened: [Member] = []
+        do {
+            for spec in config.vrrpInstances {
+                let where_ = "vrrp_instance \(spec.name) (\(spec.location))"
+                if spec.vmac != nil {
+                    throw VRRPStartError(description: "\(where_): use_vmac is not run by this build; remove it (the addresses then go on \(spec.interface) with its own MAC)")
+                }
+                let family: VRRPAddressFamily = spec.family == .ipv4 ? .ipv4 : .ipv6
+                var source: VRRPAddress?
+                if let text = spec.sourceAddress {
+                    guard let a = VRRPAddress(text) else { throw VRRPStartError(description: "\(where_): bad unicast_src_ip \(text)") }
+                    source = a
+                }
+                let peers = spec.unicastPeers.compactMap { VRRPAddress($0.address) }
+                let endpoint: VRRPEndpoint
+                do {
+                    endpoint = try await VRRPSockets.open(
+                        VRRPSocketConfiguration(interface: spec.interface, family: family, sourceAddress: source, unicastPeers: peers),
+                        eventLoop: eventLoop)
+                } catch {
+                    throw VRRPStartError(description: "\(where_): cannot open its VRRP sockets on \(spec.interface): \(error)")
+                }
+                let instance = VRRPInstanceConfig(
+                    vrid: spec.virtualRouterID, priority: spec.priority,
+                    advertIntervalCentiseconds: spec.advertIntervalCentiseconds,
+                    version: spec.version == .v2 ? .v2 : .v3, preempt: spec.preempt,
+                    preemptDelay: .milliseconds(Int64(spec.preemptDelay * 1000)), acceptMode: spec.acceptMode,
+                    primaryAddress: endpoint.sourceAddress,
+                    virtualAddresses: spec.virtualAddresses.compactMap { VRRPAddress($0.address) },
+                    authentication: {
+                        if case .password(let p) = spec.authentication { return .password(Array(p.utf8)) }
+                        return .none
+                    }())
+                let globals = config.vrrpGlobals
+                let gratuitous = VRRPGratuitousConfiguration(
+                    masterDelay: .seconds(spec.garp.masterDelay), masterRepeat: spec.garp.masterRepeat,
+                    masterRefresh: .seconds(spec.garp.masterRefresh), masterRefreshRepeat: spec.garp.masterRefreshRepeat,
+                    interval: .milliseconds(Int64((family == .ipv4 ? globals.garpInterval : globals.gnaInterval) * 1000)))
+                let runnerConfig = VRRPRunnerConfiguration(
+                    name: spec.name, instance: instance, interface: spec.interface,
+                    checksumMode: spec.v3ChecksumAsV2 ? .messageOnly : .withPseudoHeader,
+                    gratuitous: gratuitous, checkUnicastSource: spec.checkUnicastSource)
+                let groups = [spec.name] + (spec.syncGroup.map { [$0] } ?? [])
+                let runner = VRRPRunner(
+                    configuration: runnerConfig, transport: endpoint.transport, announcer: endpoint.announcer,
+                    addressManager: NetlinkVirtualAddresses(route: route, specs: spec.virtualAddresses + spec.excludedAddresses),
+                    hooks: DaemonVRRPHooks(groups: groups, willBecomeMaster: willBecomeMaster),
+                    eventLoop: eventLoop, logger: logger)
+                opened.append(Member(spec: spec, runner: runner, endpoint: endpoint, priority: spec.priority))
+            }
+        } catch {
+            for m in opened { await m.endpoint.close() }
+            throw error
+        }
+        for m in opened { members[m.spec.name] = m }
+        // Starting states of what is tracked.
+        var names = Set<String>()
+        for m in opened {
+            names.insert(m.spec.interface)
+            for t in m.spec.trackInterfaces { names.insert(t.interface) }
+        }
+        for name in names {
+            interfaceUp[name] = (try? route.link(named: name)).map { $0.isAdminUp && $0.isOperUp } ?? false
+        }
+        for script in usedScripts() {
+            checks[script.name] = ScriptCheck(rise: script.rise, fall: script.fall, initiallyOK: !script.initFail)
+            scriptOK[script.name] = !script.initFail
+        }
+        linkThread = try? LinkThread(names: names) { [weak self] changes in
+            guard let self else { return }
+            Task { await self.linksChanged(changes) }
+        }
+        if linkThread == nil {
+            logger.warning("VRRP: cannot watch links; track_interface and the instances' own interfaces are read at start only")
+        }
+    }
+
+    private func usedScripts() -> [VRRPScriptSpec] {
+        let used = Set(config.vrrpInstances.flatMap { $0.trackScripts.map(\.script) })
+        return config.vrrpScripts.filter { used.contains($0.name) }
+    }
+
+    private func run() async {
+        for (name, m) in members.sorted(by: { $0.key < $1.key }) {
+            let runner = m.runner
+            stateTasks.append(Task { [weak self] in
+                for await change in runner.stateChanges {
+                    await self?.changed(name, change)
+                }
+            })
+            await runner.start()
+        }
+        for name in members.keys.sorted() { await reevaluate(name) }
+        for script in usedScripts() {
+            let user = config.vrrpGlobals.scriptUser
+            scriptTasks.append(Task { [weak self] in
+                let argv = ScriptRunner.argv(script.command, defaultUser: user)
+                while !Task.isCancelled {
+                    let outcome = await ScriptRunner.run(argv, timeout: script.timeout)
+                    guard let self, !Task.isCancelled else { return }
+                    await self.scriptRan(script.name, outcome)
+                    try? await Task.sleep(for: .milliseconds(Int64(script.interval * 1000)))
+                }
+            })
+        }
+    }
+
+    // MARK: tracking
+
+    private func linksChanged(_ changes: [String: Bool]) async {
+        var touched = false
+        for (name, up) in changes where interfaceUp[name] != up {
+            interfaceUp[name] = up
+            logger.notice("tracked interface \(up ? "up" : "down")", metadata: ["interface": "\(name)"])
+            touched = true
+        }
+        if touched { for name in members.keys.sorted() { await reevaluate(name) } }
+    }
+
+    private func scriptRan(_ name: String, _ outcome: ScriptRunner.Outcome) async {
+        guard var check = checks[name] else { return }
+        let change = check.record(success: outcome.succeeded)
+        checks[name] = check
+        guard let ok = change else { return }
+        scriptOK[name] = ok
+        logger.notice("vrrp_script \(ok ? "succeeds" : "fails")", metadata: [
+            "script": "\(name)", "status": "\(outcome.status.map { "\($0)" } ?? (outcome.timedOut ? "timed out" : outcome.failure ?? "-"))",
+        ])
+        for n in members.keys.sorted() { await reevaluate(n) }
+    }
+
+    /// Tells the runner its priority and fault, from what it tracks and its sync group.
+    private func reevaluate(_ name: String) async {
+        guard !stopped, var m = members[name] else { return }
+        let spec = m.spec
+        m.ownFault = Tracking.ownFault(spec, interfaceUp: interfaceUp, scriptOK: scriptOK)
+        members[name] = m
+        var groupFault: String?
+        if let g = spec.syncGroup, let group = config.vrrpSyncGroup(named: g) {
+            for other in group.members where other != name {
+                if let o = members[other], o.ownFault != nil { groupFault = other }
+            }
+        }
+        let verdict = Tracking.verdict(spec, interfaceUp: interfaceUp, scriptOK: scriptOK, groupFault: groupFault)
+        let before = m
+        m.priority = verdict.priority
+        m.fault = verdict.fault
+        members[name] = m
+        if verdict.priority != before.priority {
+            logger.notice("VRRP priority changed by tracking", metadata: [
+                "group": "\(name)", "from": "\(before.priority)", "to": "\(verdict.priority)",
+            ])
+            await m.runner.setPriority(verdict.priority)
+        }
+        if verdict.fault != before.fault {
+            if let why = verdict.fault {
+                await m.runner.enterFault(why)
+            } else {
+                await m.runner.leaveFault()
+            }
+        }
+        // A change of own fault reaches the other members of the sync group.
+        if before.ownFault != m.ownFault, let g = spec.syncGroup, let group = config.vrrpSyncGroup(named: g) {
+            for other in group.members where other != name { await reevaluate(other) }
+        }
+    }
+
+    // MARK: transitions
+
+    private func changed(_ name: String, _ change: VRRPStateChange) async {
+        guard var m = members[name] else { return }
+        m.state = change.to
+        members[name] = m
+        let spec = m.spec
+        // The HA groups: the instance's own, and its sync group's (master while a member is).
+        var roles: [String: SyncRole] = [name: change.to == .master ? .master : .backup]
+        if let g = spec.syncGroup, let group = config.vrrpSyncGroup(named: g) {
+            let anyMaster = group.members.contains { members[$0]?.state == .master }
+            roles[g] = anyMaster ? .master : .backup
+        }
+        await drive(roles)
+        // Sync group: the other members follow a member that became master or left it for
+        // backup (not one that follows the group itself).
+        if let g = spec.syncGroup, let group = config.vrrpSyncGroup(named: g) {
+            let following: Bool = if case .syncGroup = change.reason { true } else { false }
+            if !following {
+                for other in group.members where other != name {
+                    guard let o = members[other] else { continue }
+                    if change.to == .master { await o.runner.syncGroupMaster(member: name) }
+                    if change.from == .master && change.to == .backup { await o.runner.syncGroupBackup(member: name) }
+                }
+            }
+        }
+        notify(name, change)
+    }
+
+    private func notify(_ name: String, _ change: VRRPStateChange) {
+        guard let m = members[name] else { return }
+        let state: String
+        switch change.to {
+        case .master: state = "MASTER"
+        case .backup: state = "BACKUP"
+        case .fault: state = "FAULT"
+        case .initialize:
+            guard change.reason == .shutdown else { return }
+            state = "STOP"
+        }
+        let user = config.vrrpGlobals.scriptUser
+        let notifier = self.notifier
+        let spec = m.spec
+        let priority = Int(m.priority)
+        Task { await notifier.notify(spec.notify, kind: "INSTANCE", name: name, state: state, priority: priority, defaultUser: user) }
+        guard let g = spec.syncGroup, let group = config.vrrpSyncGroup(named: g) else { return }
+        // The group's state: FAULT if a member is, MASTER if all are, BACKUP otherwise; STOP once
+        // every member stopped.
+        let states = group.members.compactMap { members[$0]?.state }
+        let groupState: String
+        if states.contains(.fault) {
+            groupState = "FAULT"
+        } else if states.allSatisfy({ $0 == .master }) {
+            groupState = "MASTER"
+        } else if states.allSatisfy({ $0 == .initialize }) {
+            guard stopped else { return }
+            groupState = "STOP"
+        } else if states.contains(.initialize) {
+            return
+        } else {
+            groupState = "BACKUP"
+        }
+        guard groupStates[g] != groupState else { return }
+        groupStates[g] = groupState
+        Task { await notifier.notify(group.notify, kind: "GROUP", name: g, state: groupState, priority: 0, defaultUser: user) }
+    }
+
+    // MARK: reports and stop
+
+    struct InstanceReport: Sendable {
+        var name: String
+        var state: VRRPState
+        var priority: UInt8
+        var fault: String?
+        var statistics: VRRPRunnerStatistics
+    }
+
+    func reports() async -> [InstanceReport] {
+        var out: [InstanceReport] = []
+        for (name, m) in members.sorted(by: { $0.key < $1.key }) {
+            out.append(InstanceReport(name: name, state: m.state, priority: m.priority, fault: m.fault,
+                                      statistics: await m.runner.statistics))
+        }
+        return out
+    }
+
+    /// Every instance leaves (a master sends priority 0 and removes its addresses), then the
+    /// notify scripts queued so far run to their end.
+    func shutdown() async {
+        stopped = true
+        linkThread?.stop()
+        linkThread = nil
+        for t in scriptTasks { t.cancel() }
+        scriptTasks = []
+        for m in members.values { await m.runner.shutdown() }
+        // The state streams deliver the last changes (and their notify scripts) before they end.
+        for t in stateTasks { await t.value }
+        stateTasks = []
+        await notifier.drain()
+    }
+}
+
+/// Watches link state changes on a thread of its own and reports those of `names`. The thread
+/// ends within a quarter of a second of `stop`.
+final class LinkThread: Sendable {
+    private final class Flag: @unchecked Sendable {
+        private let lock = NSLock()
+        private var value = false
+        var isSet: Bool { lock.withLock { value } }
+        func set() { lock.withLock { value = true } }
+    }
+
+    private let stopping = Flag()
+
+    init(names: Set<String>, report: @escaping @Sendable ([String: Bool]) -> Void) throws {
+        let watcher = try LinkWatcher()
+        let stopping = self.stopping
+        let worker = Thread {
+            while !stopping.isSet {
+                guard (try? watcher.wait(timeoutMilliseconds: 250)) == true else { continue }
+                guard let events = try? watcher.readEvents() else { continue }
+                var changes: [String: Bool] = [:]
+                var overrun = false
+                for e in events {
+                    switch e {
+                    case .link(let info) where names.contains(info.name):
+                        changes[info.name] = info.isAdminUp && info.isOperUp
+                    case .linkRemoved(let info) where names.contains(info.name):
+                        changes[info.name] = false
+                    case .overrun:
+                        overrun = true
+                    default:
+                        break
+                    }
+                }
+                // Events were lost: read every watched link again.
+                if overrun, let route = try? NetlinkRoute() {
+                    for n in names { changes[n] = (try? route.link(named: n)).map { $0.isAdminUp && $0.isOperUp } ?? false }
+                }
+                if !changes.isEmpty { report(changes) }
+            }
+        }
+        worker.name = "keepstate-links"
+        worker.start()
+    }
+
+    func stop() { stopping.set() }
+}

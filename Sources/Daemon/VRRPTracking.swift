@@ -1,0 +1,61 @@
+import Config
+
+/// What tracking makes of one instance (pure): its effective priority and whether it must be
+/// in FAULT, from the states of what it tracks.
+struct TrackingVerdict: Sendable, Equatable {
+    var priority: UInt8
+    /// Why the instance must be in FAULT; nil: it need not.
+    var fault: String?
+}
+
+enum Tracking {
+    /// One tracked object's contribution (keepalived's rules): weight 0 and failed gives a
+    /// FAULT; a positive weight is added while the object is fine, a negative one while it
+    /// failed; `reverse` swaps fine and failed for the weight (not for weight 0).
+    static func delta(weight: Int, reverse: Bool, fine: Bool) -> Int {
+        guard weight != 0 else { return 0 }
+        let active = reverse ? !fine : fine
+        return weight > 0 ? (active ? weight : 0) : (active ? 0 : weight)
+    }
+
+    /// - Parameters:
+    ///   - interfaceUp: the state of each interface (its own and tracked); a missing one is down.
+    ///   - scriptOK: the state of each `vrrp_script`.
+    ///   - groupFault: a member of the instance's sync group whose own tracking puts it in FAULT.
+    static func verdict(_ spec: VRRPInstanceSpec, interfaceUp: [String: Bool], scriptOK: [String: Bool],
+                        groupFault: String?) -> TrackingVerdict {
+        var fault: String?
+        var delta = 0
+        if interfaceUp[spec.interface] != true {
+            fault = "interface \(spec.interface) is down"
+        }
+        for t in spec.trackInterfaces {
+            let up = interfaceUp[t.interface] == true
+            if t.weight == 0 {
+                if !up && fault == nil { fault = "tracked interface \(t.interface) is down" }
+            } else {
+                delta += Self.delta(weight: t.weight, reverse: t.reverse, fine: up)
+            }
+        }
+        for t in spec.trackScripts {
+            let ok = scriptOK[t.script] ?? true
+            if t.weight == 0 {
+                if !ok && fault == nil { fault = "tracked script \(t.script) failed" }
+            } else {
+                delta += Self.delta(weight: t.weight, reverse: t.reverse, fine: ok)
+            }
+        }
+        if fault == nil, let member = groupFault {
+            fault = "sync group member \(member) is in FAULT"
+        }
+        // The address owner keeps 255 (keepalived); the others stay in 1...254.
+        let priority: UInt8 = spec.isAddressOwner ? 255 : UInt8(min(254, max(1, Int(spec.priority) + delta)))
+        return TrackingVerdict(priority: priority, fault: fault)
+    }
+
+    /// The fault an instance's own tracking gives, without its sync group (what it passes on to
+    /// the other members).
+    static func ownFault(_ spec: VRRPInstanceSpec, interfaceUp: [String: Bool], scriptOK: [String: Bool]) -> String? {
+        verdict(spec, interfaceUp: interfaceUp, scriptOK: scriptOK, groupFault: nil).fault
+    }
+}

@@ -1,0 +1,45 @@
+import Testing
+import VRRP
+
+/// The inputs the daemon feeds for `vrrp_sync_group` and tracking (keepalived's behaviour).
+@Suite struct SyncGroupAndTrackingTests {
+    @Test func aBackupMemberFollowsAnotherMemberToMasterAtOnce() {
+        var m = VRRPInstanceState(config: v3Config())
+        _ = m.startup(now: .zero)
+        let actions = m.syncGroupMaster(member: "VI_2", now: at(500))
+        #expect(actions == masterActions(100, .syncGroup(member: "VI_2", state: .master)))
+        #expect(m.state == .master && m.nextDeadline == at(1500))
+        // Already master, or in FAULT: nothing.
+        #expect(m.syncGroupMaster(member: "VI_2", now: at(600)).isEmpty)
+        var f = VRRPInstanceState(config: v3Config())
+        _ = f.startup(now: .zero)
+        _ = f.enterFault(.tracking("x"), now: at(10))
+        #expect(f.syncGroupMaster(member: "VI_2", now: at(20)).isEmpty && f.state == .fault)
+    }
+
+    @Test func aMasterMemberFollowsAnotherMemberToBackupWithAMasterDownTimer() {
+        var m = masterInstance()
+        let actions = m.syncGroupBackup(member: "VI_2", now: at(4000))
+        #expect(actions == [.becomeBackup(.syncGroup(member: "VI_2", state: .backup)), .removeVirtualAddresses])
+        #expect(m.state == .backup && m.nextDeadline == at(4000) + m.masterDownInterval)
+        // A backup does not move.
+        #expect(m.syncGroupBackup(member: "VI_2", now: at(4100)).isEmpty)
+    }
+
+    @Test func trackingFaultRemovesTheAddressesAndRecoveryStartsAsBackup() {
+        var m = masterInstance()
+        #expect(m.enterFault(.tracking("tracked interface eth1 is down"), now: at(4000))
+                == [.enterFault(.tracking("tracked interface eth1 is down")), .removeVirtualAddresses])
+        #expect(m.state == .fault && m.nextDeadline == nil)
+        // Adverts are ignored in FAULT.
+        #expect(m.receivedAdvert(advert(priority: 50), from: ip("192.0.2.9"), now: at(4100)).isEmpty)
+        #expect(m.leaveFault(.trackingRecovered, now: at(5000)) == [.becomeBackup(.trackingRecovered)])
+        #expect(m.state == .backup && m.nextDeadline == at(5000) + m.masterDownInterval)
+    }
+
+    @Test func linkDownIsAFaultWithItsOwnReason() {
+        var m = masterInstance()
+        #expect(m.linkDown(now: at(4000)) == [.enterFault(.linkDown), .removeVirtualAddresses])
+        #expect(m.linkUp(now: at(4100)) == [.becomeBackup(.linkUp)])
+    }
+}
