@@ -310,9 +310,13 @@ struct Builder {
         if let t = f["send_queue_limit"] {
             if let v = integer(t, 1024...67_108_864) { queue = v } else { ok = false }
         }
+        var hold = SyncConfig.defaultFailbackHoldMax
+        if let t = f["failback_hold_max"] {
+            if let v = decimal(t, 0...3600) { hold = v } else { ok = false }
+        }
         guard ok, let peer, let group, let tls else { return nil }
         return SyncConfig(peer: peer, listenHAGroup: group, eventThreads: threads, tls: tls,
-                          heartbeatInterval: heartbeat, deadInterval: dead, sendQueueLimit: queue)
+                          heartbeatInterval: heartbeat, deadInterval: dead, sendQueueLimit: queue, failbackHoldMax: hold)
     }
 
     mutating func buildPeer(_ st: Statement) -> PeerConfig? {

@@ -109,6 +109,7 @@ public struct SyncConfig: Sendable, Equatable {
     public static let defaultEventThreads = 4
     public static let defaultHeartbeatInterval = 1.0
     public static let defaultSendQueueLimit = 1_048_576
+    public static let defaultFailbackHoldMax = 120.0
 
     public var peer: PeerConfig
     /// The `ha_group`, `vrrp_instance` or `vrrp_sync_group` whose state this VRF follows
@@ -119,10 +120,15 @@ public struct SyncConfig: Sendable, Equatable {
     public var heartbeatInterval: Double
     public var deadInterval: Double
     public var sendQueueLimit: Int
+    /// `failback_hold_max`: seconds a VRRP instance this VRF follows keeps its priority held
+    /// down (to 1) while, as backup, it has not received a full resync from the master; 0: no
+    /// hold-down.
+    public var failbackHoldMax: Double
 
     public init(peer: PeerConfig, listenHAGroup: String, eventThreads: Int = SyncConfig.defaultEventThreads,
                 tls: TLSFiles, heartbeatInterval: Double = SyncConfig.defaultHeartbeatInterval,
-                deadInterval: Double? = nil, sendQueueLimit: Int = SyncConfig.defaultSendQueueLimit) {
+                deadInterval: Double? = nil, sendQueueLimit: Int = SyncConfig.defaultSendQueueLimit,
+                failbackHoldMax: Double = SyncConfig.defaultFailbackHoldMax) {
         self.peer = peer
         self.listenHAGroup = listenHAGroup
         self.eventThreads = eventThreads
@@ -130,6 +136,7 @@ public struct SyncConfig: Sendable, Equatable {
         self.heartbeatInterval = heartbeatInterval
         self.deadInterval = deadInterval ?? 3 * heartbeatInterval
         self.sendQueueLimit = sendQueueLimit
+        self.failbackHoldMax = failbackHoldMax
     }
 }
 

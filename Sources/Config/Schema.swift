@@ -213,6 +213,7 @@ enum Schema {
                 value("heartbeat_interval"),
                 value("dead_interval"),
                 value("send_queue_limit"),
+                value("failback_hold_max"),
             ]),
             KeySpec(name: "conntrack_timeouts", arity: 0, children: [value("tcp_undefined")]),
             KeySpec(name: "ha_delays", arity: 0, children: [delays("tcp"), delays("udp"), delays("icmp")]),

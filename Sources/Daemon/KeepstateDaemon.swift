@@ -73,7 +73,8 @@ public actor KeepstateDaemon {
                 willBecomeMaster: { [weak self] groups in
                     await self?.drive(Dictionary(uniqueKeysWithValues: groups.map { ($0, SyncRole.master) }))
                 },
-                drive: { [weak self] roles in await self?.drive(roles) })
+                drive: { [weak self] roles in await self?.drive(roles) },
+                failbackHold: { [weak self] groups in await self?.failbackHold(groups) ?? .none })
             } catch {
                 logger.error("VRRP could not start; stopping", metadata: ["error": "\(error)"])
                 await shutdown()
@@ -120,6 +121,21 @@ public actor KeepstateDaemon {
         }
         groups = next
         overrides = overrides.filter { next[$0.key] != nil }
+    }
+
+    /// Whether an instance that is not master must keep its priority held down, and for how
+    /// long at most: some VRF following `groups` has not received its full resync from the
+    /// master yet (`failback_hold_max` of those VRFs, the longest).
+    func failbackHold(_ groups: [String]) -> FailbackHold {
+        var behind = false
+        var bound = 0.0
+        for v in vrfs.values {
+            guard let name = groupName(of: v.config), groups.contains(name), let sync = v.config.sync,
+                  sync.failbackHoldMax > 0 else { continue }
+            bound = max(bound, sync.failbackHoldMax)
+            if !v.resyncedFromPeer { behind = true }
+        }
+        return behind ? FailbackHold(behind: true, bound: bound) : .none
     }
 
     /// VRRP's states: each group's driven role, then the VRFs that follow it. Awaited by an

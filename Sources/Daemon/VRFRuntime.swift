@@ -133,6 +133,9 @@ final class VRFRuntime {
         if new == .master { engine.rearmAfterTakeover() }
     }
 
+    /// Whether this VRF, as backup, holds a completed resync from its peer (true without sync).
+    var resyncedFromPeer: Bool { engine?.resyncedFromPeer ?? true }
+
     nonisolated(nonsending) func stop() async {
         if let engine { await engine.shutdown() }
         engine = nil

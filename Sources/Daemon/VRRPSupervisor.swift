@@ -45,6 +45,14 @@ struct DaemonVRRPHooks: VRRPRunnerHooks {
     }
 }
 
+/// What the daemon says of the VRFs following an instance's groups: whether one has not yet
+/// received its full resync from the master, and the longest `failback_hold_max` of them.
+struct FailbackHold: Sendable, Equatable {
+    var behind: Bool
+    var bound: Double
+    static let none = FailbackHold(behind: false, bound: 0)
+}
+
 /// Why VRRP could not start.
 struct VRRPStartError: Error, CustomStringConvertible {
     var description: String
@@ -65,11 +73,16 @@ actor VRRPSupervisor {
         var ownFault: String?
         /// The fault told to the runner (own or the group's).
         var fault: String?
+        /// Since when its priority is held down (failback), nil: not held.
+        var heldSince: ContinuousClock.Instant?
+        /// The hold-down ran out its bound in this episode: not held again until it is in sync.
+        var holdExpired = false
     }
 
     private let config: KeepstateConfig
     private let logger: Logger
     private let drive: @Sendable ([String: SyncRole]) async -> Void
+    private let failbackHold: @Sendable ([String]) async -> FailbackHold
     private let notifier: NotifyQueue
     private var members: [String: Member] = [:]
     private var interfaceUp: [String: Bool] = [:]
@@ -83,10 +96,12 @@ actor VRRPSupervisor {
     private var linkThread: LinkThread?
     private var stopped = false
 
-    private init(config: KeepstateConfig, logger: Logger, drive: @escaping @Sendable ([String: SyncRole]) async -> Void) {
+    private init(config: KeepstateConfig, logger: Logger, drive: @escaping @Sendable ([String: SyncRole]) async -> Void,
+                 failbackHold: @escaping @Sendable ([String]) async -> FailbackHold) {
         self.config = config
         self.logger = logger
         self.drive = drive
+        self.failbackHold = failbackHold
         self.notifier = NotifyQueue(logger: logger)
     }
 
@@ -94,8 +109,9 @@ actor VRRPSupervisor {
     /// error names the instance and where it is configured).
     static func start(config: KeepstateConfig, eventLoop: any EventLoop, logger: Logger,
                       willBecomeMaster: @escaping @Sendable ([String]) async -> Void,
-                      drive: @escaping @Sendable ([String: SyncRole]) async -> Void) async throws -> VRRPSupervisor {
-        let s = VRRPSupervisor(config: config, logger: logger, drive: drive)
+                      drive: @escaping @Sendable ([String: SyncRole]) async -> Void,
+                      failbackHold: @escaping @Sendable ([String]) async -> FailbackHold) async throws -> VRRPSupervisor {
+        let s = VRRPSupervisor(config: config, logger: logger, drive: drive, failbackHold: failbackHold)
         try await s.open(eventLoop: eventLoop, willBecomeMaster: willBecomeMaster)
         await s.run()
         return s
@@ -191,6 +207,8 @@ actor VRRPSupervisor {
     }
 
     private func run() async {
+        // A node that starts behind its peer's table starts with its priority held down.
+        for name in members.keys.sorted() { await updateHold(name) }
         for (name, m) in members.sorted(by: { $0.key < $1.key }) {
             let runner = m.runner
             stateTasks.append(Task { [weak self] in
@@ -201,6 +219,13 @@ actor VRRPSupervisor {
             await runner.start()
         }
         for name in members.keys.sorted() { await reevaluate(name) }
+        scriptTasks.append(Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(100))
+                guard let self else { return }
+                await self.holdTick()
+            }
+        })
         for script in usedScripts() {
             let user = config.vrrpGlobals.scriptUser
             scriptTasks.append(Task { [weak self] in
@@ -213,6 +238,53 @@ actor VRRPSupervisor {
                 }
             })
         }
+    }
+
+    // MARK: failback hold-down
+
+    /// The groups an instance drives: its own and its sync group's.
+    private func groups(of spec: VRRPInstanceSpec) -> [String] {
+        [spec.name] + (spec.syncGroup.map { [$0] } ?? [])
+    }
+
+    private func holdTick() async {
+        for name in members.keys.sorted() where await updateHold(name) { await reevaluate(name) }
+    }
+
+    /// Holds an instance's priority down (to 1) while it is not master and a VRF following it has
+    /// not received its full resync, for at most the VRFs' `failback_hold_max`. Returns whether
+    /// the hold changed.
+    @discardableResult
+    private func updateHold(_ name: String) async -> Bool {
+        guard !stopped, let m = members[name], !m.spec.isAddressOwner else { return false }
+        let hold = m.state == .master ? .none : await failbackHold(groups(of: m.spec))
+        guard var m = members[name] else { return false }
+        let now = ContinuousClock.now
+        let wasHeld = m.heldSince != nil
+        if !hold.behind {
+            if wasHeld {
+                logger.notice("VRRP priority no longer held down: the VRFs hold the master's table", metadata: [
+                    "group": "\(name)", "held_seconds": "\(String(format: "%.3f", (now - m.heldSince!).seconds))",
+                ])
+            }
+            m.heldSince = nil
+            m.holdExpired = false
+        } else if let since = m.heldSince {
+            if (now - since).seconds >= hold.bound {
+                logger.warning("VRRP priority hold-down ended by failback_hold_max before the resync completed", metadata: [
+                    "group": "\(name)", "failback_hold_max": "\(hold.bound)",
+                ])
+                m.heldSince = nil
+                m.holdExpired = true
+            }
+        } else if !m.holdExpired {
+            m.heldSince = now
+            logger.notice("VRRP priority held down until the VRFs hold the master's table", metadata: [
+                "group": "\(name)", "failback_hold_max": "\(hold.bound)",
+            ])
+        }
+        members[name] = m
+        return wasHeld != (m.heldSince != nil)
     }
 
     // MARK: tracking
@@ -253,14 +325,16 @@ actor VRRPSupervisor {
         }
         let verdict = Tracking.verdict(spec, interfaceUp: interfaceUp, scriptOK: scriptOK, groupFault: groupFault)
         let before = m
-        m.priority = verdict.priority
+        // Failback: a held-down instance advertises priority 1, so it does not preempt.
+        m.priority = m.heldSince != nil ? 1 : verdict.priority
         m.fault = verdict.fault
         members[name] = m
-        if verdict.priority != before.priority {
-            logger.notice("VRRP priority changed by tracking", metadata: [
-                "group": "\(name)", "from": "\(before.priority)", "to": "\(verdict.priority)",
+        if m.priority != before.priority {
+            logger.notice("VRRP priority changed", metadata: [
+                "group": "\(name)", "from": "\(before.priority)", "to": "\(m.priority)",
+                "why": "\(m.heldSince != nil ? "failback hold-down" : "tracking")",
             ])
-            await m.runner.setPriority(verdict.priority)
+            await m.runner.setPriority(m.priority)
         }
         if verdict.fault != before.fault {
             if let why = verdict.fault {
@@ -302,6 +376,8 @@ actor VRRPSupervisor {
             }
         }
         notify(name, change)
+        // A master is never held down (its adverts carry its real priority).
+        if change.to == .master, await updateHold(name) { await reevaluate(name) }
     }
 
     private func notify(_ name: String, _ change: VRRPStateChange) {

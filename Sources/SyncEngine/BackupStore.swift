@@ -33,6 +33,8 @@ public final class BackupStore: Sendable {
         /// The epoch currently allowed to write each share (absent or 0: none). A connection
         /// that was replaced keeps its old epoch, so frames it still had buffered are ignored.
         var current: [Int: UInt32] = [:]
+        /// The epoch whose RESYNC_END was applied, per share.
+        var completed: [Int: UInt32] = [:]
     }
 
     private let state = Mutex(State())
@@ -165,7 +167,19 @@ public final class BackupStore: Sendable {
                 return stale
             }
             if !removed.isEmpty { onChange?(removed) }
+            s.completed[share] = epoch
             return n
+        }
+    }
+
+    /// Whether each of `shares` shares is owned by a connection whose resync completed: the
+    /// store holds the master's whole table, as of the resyncs, plus what followed them.
+    public func resynced(shares: Int) -> Bool {
+        state.withLock { s in
+            (0..<shares).allSatisfy { i in
+                let c = s.current[i] ?? 0
+                return c != 0 && s.completed[i] == c
+            }
         }
     }
 

@@ -193,6 +193,13 @@ public final class SyncEngine: Sendable {
 
     public var holderStatistics: HolderStatistics? { holder?.statistics }
 
+    /// As backup: every share holds a completed resync from the peer, and what it received is
+    /// written into the dataplane (the holder's queue is empty). A node that would take
+    /// mastership back waits for this (`failback_hold_max`).
+    public var resyncedFromPeer: Bool {
+        store.resynced(shares: settings.connections) && (holder?.statistics.queued ?? 0) == 0
+    }
+
     /// Binds the listener. Returns the port it listens on (useful with port 0 in tests).
     @discardableResult
     public func startListening() async throws -> Int {

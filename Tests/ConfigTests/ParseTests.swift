@@ -96,6 +96,7 @@ vrf red.1 { ha_fp_conntrack { peer peer1 { source fd00::1  address fd00::2 } lis
         #expect(s.heartbeatInterval == 1)
         #expect(s.deadInterval == 3)
         #expect(s.sendQueueLimit == 1_048_576)
+        #expect(s.failbackHoldMax == 120)
         #expect(v.netns == nil)
         #expect(v.timeouts.tcpUndefined == 10)
         #expect(v.delays == HADelays())
