@@ -95,9 +95,22 @@ final class LoopbackPair {
         await e1.shutdown()
         dp1 = MemoryDataplane(vrf: "main")
         // Same port as before, as a real restart would use: ha2's connections find it again.
-        e1 = try Self.engine("ha1", dataplane: dp1, certs: certs, ca: ca, connections: connections, group: group,
-                             logger: logger, queueLimit: 1 << 20, listenPort: port1)
-        port1 = try await e1.startListening()
+        // The old listener's close may still be under way (seen under load: EADDRINUSE), so
+        // the bind is tried again for up to 10 s.
+        var attempt = 0
+        while true {
+            e1 = try Self.engine("ha1", dataplane: dp1, certs: certs, ca: ca, connections: connections, group: group,
+                                 logger: logger, queueLimit: 1 << 20, listenPort: port1)
+            do {
+                port1 = try await e1.startListening()
+                break
+            } catch {
+                await e1.shutdown()
+                attempt += 1
+                if attempt >= 200 { throw error }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
         e1.startSending(peerPort: port2)
     }
 

@@ -127,7 +127,9 @@ import VRRPNet
         f.transport.inject(f.advert(priority: 200))
         #expect(await labPoll(timeout: .seconds(1)) { await f.runner.state == .backup })
         await f.runner.waitUntilIdle()
-        #expect(f.log.all == ["hook:begin", "hook:end", "remove:192.0.2.100"])
+        // (Only the first three: under a loaded `make test`, the backup's 3.6 s Master_Down_Interval
+        // has been seen to run out before this line, making it master again.)
+        #expect(Array(f.log.all.prefix(3)) == ["hook:begin", "hook:end", "remove:192.0.2.100"])
         var changes: [VRRPState] = []
         for await c in f.runner.stateChanges.prefix(2) { changes.append(c.to) }
         #expect(changes == [.master, .backup])
