@@ -26,6 +26,25 @@ enum ScriptRunner {
         return prefix + ["--"] + command.arguments
     }
 
+    /// keepalived's `enable_script_security` rule for a script run as root: the file and every
+    /// directory above it must be owned by root and not writable by group or others (through a
+    /// symbolic link too). Returns why not, or nil when the path is safe.
+    static func unsafeForRoot(_ path: String) -> String? {
+        guard path.hasPrefix("/") else { return "its path is not absolute" }
+        var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        guard realpath(path, &resolved) != nil else { return "it cannot be resolved (\(String(cString: strerror(errno))))" }
+        var p = String(decoding: resolved.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        while true {
+            var st = stat()
+            guard stat(p, &st) == 0 else { return "\(p) cannot be read (\(String(cString: strerror(errno))))" }
+            if st.st_uid != 0 { return "\(p) is not owned by root" }
+            if st.st_mode & (S_IWGRP | S_IWOTH) != 0 { return "\(p) is writable by its group or others" }
+            if p == "/" { return nil }
+            p = (p as NSString).deletingLastPathComponent
+            if p.isEmpty { p = "/" }
+        }
+    }
+
     static func run(_ arguments: [String], timeout: Double) async -> Outcome {
         await withCheckedContinuation { (c: CheckedContinuation<Outcome, Never>) in
             let t = Thread {

@@ -1,4 +1,4 @@
-import Config
+public import Config
 import Foundation
 import Logging
 import NIOCore
@@ -51,6 +51,38 @@ struct FailbackHold: Sendable, Equatable {
     var behind: Bool
     var bound: Double
     static let none = FailbackHold(behind: false, bound: 0)
+}
+
+/// What the configuration parser accepts but `keepstate run` does not run.
+public enum VRRPSupport {
+    /// One message per refused setting, each starting with its FILE:LINE:COL (for `check-config`
+    /// and the daemon's start).
+    public static func refusals(_ config: KeepstateConfig) -> [String] {
+        var out: [String] = []
+        for spec in config.vrrpInstances {
+            let at = "\(spec.location): error: vrrp_instance \(spec.name)"
+            if spec.vmac != nil {
+                out.append("\(at): use_vmac is not run by this build; remove it (the addresses then go on \(spec.interface) with its own MAC)")
+            }
+            if !spec.acceptMode && !spec.isAddressOwner {
+                out.append("\(at): no_accept is not enforced by this build (nothing would drop traffic to the virtual addresses); "
+                           + "remove it: a master accepts that traffic, as keepalived does by default")
+            }
+        }
+        if config.vrrpGlobals.enableScriptSecurity {
+            let user = config.vrrpGlobals.scriptUser
+            var commands = config.vrrpScripts.map(\.command)
+            for n in config.vrrpInstances.map(\.notify) + config.vrrpSyncGroups.map(\.notify) {
+                commands += [n.master, n.backup, n.fault, n.stop, n.generic].compactMap { $0 }
+            }
+            for c in commands where (c.runAs ?? user).map({ $0.user == "root" }) ?? true {
+                if let why = ScriptRunner.unsafeForRoot(c.arguments[0]) {
+                    out.append("\(c.location): error: enable_script_security: \(c.arguments[0]) would run as root, but \(why)")
+                }
+            }
+        }
+        return out
+    }
 }
 
 /// Why VRRP could not start.
@@ -124,20 +156,24 @@ actor VRRPSupervisor {
         } catch {
             throw VRRPStartError(description: "VRRP: cannot open rtnetlink: \(error)")
         }
+        if let first = VRRPSupport.refusals(config).first { throw VRRPStartError(description: first) }
         var opened: [Member] = []
         do {
             for spec in config.vrrpInstances {
                 let where_ = "vrrp_instance \(spec.name) (\(spec.location))"
-                if spec.vmac != nil {
-                    throw VRRPStartError(description: "\(where_): use_vmac is not run by this build; remove it (the addresses then go on \(spec.interface) with its own MAC)")
-                }
                 let family: VRRPAddressFamily = spec.family == .ipv4 ? .ipv4 : .ipv6
                 var source: VRRPAddress?
                 if let text = spec.sourceAddress {
                     guard let a = VRRPAddress(text) else { throw VRRPStartError(description: "\(where_): bad unicast_src_ip \(text)") }
                     source = a
                 }
-                let peers = spec.unicastPeers.compactMap { VRRPAddress($0.address) }
+                var peers: [VRRPAddress] = []
+                for p in spec.unicastPeers {
+                    guard let a = VRRPAddress(p.address) else {
+                        throw VRRPStartError(description: "\(where_): bad unicast_peer \(p.address) (\(p.location))")
+                    }
+                    peers.append(a)
+                }
                 let endpoint: VRRPEndpoint
                 do {
                     endpoint = try await VRRPSockets.open(
@@ -156,7 +192,8 @@ actor VRRPSupervisor {
                     authentication: {
                         if case .password(let p) = spec.authentication { return .password(Array(p.utf8)) }
                         return .none
-                    }())
+                    }(),
+                    startsAsMaster: spec.initialState == .master)
                 let globals = config.vrrpGlobals
                 let gratuitous = VRRPGratuitousConfiguration(
                     masterDelay: .seconds(spec.garp.masterDelay), masterRepeat: spec.garp.masterRepeat,
@@ -218,7 +255,7 @@ actor VRRPSupervisor {
             })
             await runner.start()
         }
-        for name in members.keys.sorted() { await reevaluate(name) }
+        await reevaluateAll()
         scriptTasks.append(Task { [weak self] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(100))
@@ -296,7 +333,7 @@ actor VRRPSupervisor {
             logger.notice("tracked interface \(up ? "up" : "down")", metadata: ["interface": "\(name)"])
             touched = true
         }
-        if touched { for name in members.keys.sorted() { await reevaluate(name) } }
+        if touched { await reevaluateAll() }
     }
 
     private func scriptRan(_ name: String, _ outcome: ScriptRunner.Outcome) async {
@@ -308,23 +345,28 @@ actor VRRPSupervisor {
         logger.notice("vrrp_script \(ok ? "succeeds" : "fails")", metadata: [
             "script": "\(name)", "status": "\(outcome.status.map { "\($0)" } ?? (outcome.timedOut ? "timed out" : outcome.failure ?? "-"))",
         ])
-        for n in members.keys.sorted() { await reevaluate(n) }
+        await reevaluateAll()
     }
 
-    /// Tells the runner its priority and fault, from what it tracks and its sync group.
+    /// After a tracked object changed: every instance's own verdict first, so that each sees
+    /// its sync group's current faults, then each runner is told.
+    private func reevaluateAll() async {
+        for (name, m) in members {
+            members[name]?.ownFault = Tracking.own(m.spec, interfaceUp: interfaceUp, scriptOK: scriptOK).fault
+        }
+        for name in members.keys.sorted() { await reevaluate(name) }
+    }
+
+    /// Tells the runner its priority and fault, from what it tracks and its sync group's faults
+    /// (the members' `ownFault`, which `reevaluateAll` keeps current).
     private func reevaluate(_ name: String) async {
         guard !stopped, var m = members[name] else { return }
-        let spec = m.spec
-        m.ownFault = Tracking.ownFault(spec, interfaceUp: interfaceUp, scriptOK: scriptOK)
-        members[name] = m
-        var groupFault: String?
-        if let g = spec.syncGroup, let group = config.vrrpSyncGroup(named: g) {
-            for other in group.members where other != name {
-                if let o = members[other], o.ownFault != nil { groupFault = other }
-            }
-        }
-        let verdict = Tracking.verdict(spec, interfaceUp: interfaceUp, scriptOK: scriptOK, groupFault: groupFault)
         let before = m
+        let own = Tracking.own(m.spec, interfaceUp: interfaceUp, scriptOK: scriptOK)
+        let groupFault = m.spec.syncGroup.flatMap { config.vrrpSyncGroup(named: $0) }?.members
+            .first { $0 != name && members[$0]?.ownFault != nil }
+        let verdict = Tracking.combine(own, groupFault: groupFault)
+        m.ownFault = own.fault
         // Failback: a held-down instance advertises priority 1, so it does not preempt.
         m.priority = m.heldSince != nil ? 1 : verdict.priority
         m.fault = verdict.fault
@@ -336,16 +378,12 @@ actor VRRPSupervisor {
             ])
             await m.runner.setPriority(m.priority)
         }
-        if verdict.fault != before.fault {
-            if let why = verdict.fault {
+        if m.fault != before.fault {
+            if let why = m.fault {
                 await m.runner.enterFault(why)
             } else {
                 await m.runner.leaveFault()
             }
-        }
-        // A change of own fault reaches the other members of the sync group.
-        if before.ownFault != m.ownFault, let g = spec.syncGroup, let group = config.vrrpSyncGroup(named: g) {
-            for other in group.members where other != name { await reevaluate(other) }
         }
     }
 
@@ -375,12 +413,14 @@ actor VRRPSupervisor {
                 }
             }
         }
-        notify(name, change)
+        await notify(name, change)
         // A master is never held down (its adverts carry its real priority).
         if change.to == .master, await updateHold(name) { await reevaluate(name) }
     }
 
-    private func notify(_ name: String, _ change: VRRPStateChange) {
+    /// Queues the notify scripts of a transition. Awaited, so that the queue receives them in the
+    /// order of the transitions (a detached task per call would not keep that order).
+    private func notify(_ name: String, _ change: VRRPStateChange) async {
         guard let m = members[name] else { return }
         let state: String
         switch change.to {
@@ -392,10 +432,8 @@ actor VRRPSupervisor {
             state = "STOP"
         }
         let user = config.vrrpGlobals.scriptUser
-        let notifier = self.notifier
         let spec = m.spec
-        let priority = Int(m.priority)
-        Task { await notifier.notify(spec.notify, kind: "INSTANCE", name: name, state: state, priority: priority, defaultUser: user) }
+        await notifier.notify(spec.notify, kind: "INSTANCE", name: name, state: state, priority: Int(m.priority), defaultUser: user)
         guard let g = spec.syncGroup, let group = config.vrrpSyncGroup(named: g) else { return }
         // The group's state: FAULT if a member is, MASTER if all are, BACKUP otherwise; STOP once
         // every member stopped.
@@ -415,7 +453,7 @@ actor VRRPSupervisor {
         }
         guard groupStates[g] != groupState else { return }
         groupStates[g] = groupState
-        Task { await notifier.notify(group.notify, kind: "GROUP", name: g, state: groupState, priority: 0, defaultUser: user) }
+        await notifier.notify(group.notify, kind: "GROUP", name: g, state: groupState, priority: 0, defaultUser: user)
     }
 
     // MARK: reports and stop

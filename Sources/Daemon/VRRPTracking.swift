@@ -18,12 +18,26 @@ enum Tracking {
         return weight > 0 ? (active ? weight : 0) : (active ? 0 : weight)
     }
 
+    /// What the instance's own tracking gives (`groupFault` nil), then its sync group: a member
+    /// whose own tracking puts it in FAULT puts this one in FAULT too, unless it is already.
     /// - Parameters:
     ///   - interfaceUp: the state of each interface (its own and tracked); a missing one is down.
     ///   - scriptOK: the state of each `vrrp_script`.
     ///   - groupFault: a member of the instance's sync group whose own tracking puts it in FAULT.
     static func verdict(_ spec: VRRPInstanceSpec, interfaceUp: [String: Bool], scriptOK: [String: Bool],
                         groupFault: String?) -> TrackingVerdict {
+        combine(own(spec, interfaceUp: interfaceUp, scriptOK: scriptOK), groupFault: groupFault)
+    }
+
+    /// The instance's own verdict with its sync group's fault, which counts only when it has none.
+    static func combine(_ own: TrackingVerdict, groupFault member: String?) -> TrackingVerdict {
+        var v = own
+        if v.fault == nil, let member { v.fault = "sync group member \(member) is in FAULT" }
+        return v
+    }
+
+    /// The instance's own tracking, without its sync group (what it passes on to the others).
+    static func own(_ spec: VRRPInstanceSpec, interfaceUp: [String: Bool], scriptOK: [String: Bool]) -> TrackingVerdict {
         var fault: String?
         var delta = 0
         if interfaceUp[spec.interface] != true {
@@ -45,17 +59,8 @@ enum Tracking {
                 delta += Self.delta(weight: t.weight, reverse: t.reverse, fine: ok)
             }
         }
-        if fault == nil, let member = groupFault {
-            fault = "sync group member \(member) is in FAULT"
-        }
         // The address owner keeps 255 (keepalived); the others stay in 1...254.
         let priority: UInt8 = spec.isAddressOwner ? 255 : UInt8(min(254, max(1, Int(spec.priority) + delta)))
         return TrackingVerdict(priority: priority, fault: fault)
-    }
-
-    /// The fault an instance's own tracking gives, without its sync group (what it passes on to
-    /// the other members).
-    static func ownFault(_ spec: VRRPInstanceSpec, interfaceUp: [String: Bool], scriptOK: [String: Bool]) -> String? {
-        verdict(spec, interfaceUp: interfaceUp, scriptOK: scriptOK, groupFault: nil).fault
     }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Config
+import Daemon
 import Foundation
 import SyncEngine
 
@@ -30,6 +31,9 @@ struct CheckConfig: ParsableCommand {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
             throw ExitCode(1)
         }
+        let refusals = VRRPSupport.refusals(config)
+        for r in refusals { FileHandle.standardError.write(Data("\(r)\n".utf8)) }
+        if !refusals.isEmpty { throw ExitCode(1) }
         if !skipFiles {
             var failed = false
             for vrf in config.vrfs {

@@ -18,19 +18,6 @@ enum KernelBench {
         var rearm: Double
     }
 
-    static func run(_ args: [String]) throws -> (status: Int32, output: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = args
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        try p.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
-
     static func sysctl(_ key: String) -> String? {
         (try? String(contentsOfFile: "/proc/sys/" + key.replacingOccurrences(of: ".", with: "/"), encoding: .utf8))?
             .trimmingCharacters(in: .whitespacesAndNewlines)
@@ -54,10 +41,10 @@ enum KernelBench {
         let restoreMax = raise("net.netfilter.nf_conntrack_max", atLeast: n + 1024)
         defer { restoreMax() }
         let ns = "ks-bench-\(getpid())"
-        _ = try? run(["ip", "netns", "del", ns])
-        let made = try run(["ip", "netns", "add", ns])
+        _ = try? Shell.run(["ip", "netns", "del", ns])
+        let made = try Shell.run(["ip", "netns", "add", ns])
         guard made.status == 0 else { throw FileOutput.Refused(description: "ip netns add \(ns): \(made.output)") }
-        defer { _ = try? run(["ip", "netns", "del", ns]) }
+        defer { _ = try? Shell.run(["ip", "netns", "del", ns]) }
 
         let nl = try ConntrackNetlink(netnsPath: "/run/netns/\(ns)")
         var items = (0..<UInt64(n)).map { TrafficGenerator.conntrack(number: $0) }
@@ -104,11 +91,11 @@ enum KernelBench {
         defer { restoreBuckets() }
         let names = ["ks-fo-m-\(getpid())", "ks-fo-b-\(getpid())"]
         for ns in names {
-            _ = try? run(["ip", "netns", "del", ns])
-            let made = try run(["ip", "netns", "add", ns])
+            _ = try? Shell.run(["ip", "netns", "del", ns])
+            let made = try Shell.run(["ip", "netns", "add", ns])
             guard made.status == 0 else { throw FileOutput.Refused(description: "ip netns add \(ns): \(made.output)") }
         }
-        defer { for ns in names { _ = try? run(["ip", "netns", "del", ns]) } }
+        defer { for ns in names { _ = try? Shell.run(["ip", "netns", "del", ns]) } }
 
         let nl = try ConntrackNetlink(netnsPath: "/run/netns/\(names[0])")
         var items = (0..<UInt64(n)).map { TrafficGenerator.conntrack(number: $0) }

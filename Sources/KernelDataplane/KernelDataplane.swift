@@ -169,11 +169,15 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
             }
             start = min(start + chunk, held.count)
             guard !part.isEmpty else { continue }
-            let errors: [Int32]
+            var errors: [Int32]
             do {
                 writeLock.lock()
                 defer { writeLock.unlock() }
                 errors = try command.setTimeouts(part).errors
+            } catch {
+                // The chunk as a whole failed (the socket, not an entry): counted as refused,
+                // and the re-arm goes on with the next chunk.
+                errors = Array(repeating: error.errno == 0 ? EIO : error.errno, count: part.count)
             }
             // A refusal does not stop the re-arm of the others.
             for e in errors {
@@ -212,15 +216,21 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         defer { writeLock.unlock() }
         var failed: [(ConntrackKey, Conntrack?)] = []
         var firstError: Int32 = 0
+        // A call that fails as a whole (the socket, not an entry) counts as every entry refused,
+        // so that the mirror is put back below as for single refusals.
+        func errors(_ count: Int, _ call: () throws(NetfilterError) -> [Int32]) -> [Int32] {
+            do { return try call() } catch { return Array(repeating: error.errno == 0 ? EIO : error.errno, count: count) }
+        }
         if !creates.isEmpty {
-            for (i, e) in try command.upsert(creates).errors.enumerated() where e != 0 {
+            for (i, e) in errors(creates.count, { () throws(NetfilterError) in try command.upsert(creates).errors }).enumerated() where e != 0 {
                 failed.append((creates[i].key, formerCreated[i]))
                 if firstError == 0 { firstError = e }
             }
         }
         if !deletes.isEmpty {
             // ENOENT on delete: already gone, which is what was wanted.
-            for (i, e) in try command.delete(deletes).errors.enumerated() where e != 0 && e != ENOENT {
+            for (i, e) in errors(deletes.count, { () throws(NetfilterError) in try command.delete(deletes).errors }).enumerated()
+            where e != 0 && e != ENOENT {
                 failed.append((deletes[i], formerDeleted[i]))
                 if firstError == 0 { firstError = e }
             }
@@ -271,7 +281,7 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
                     if let held = s.mirror[c.key] {
                         // A synced conntrack changed: its state, status or mark (events do not
                         // come for timeout refreshes alone). An echo of our own write is equal.
-                        if held.tcpState != c.tcpState || held.status != c.status || held.mark != c.mark || held.reply != c.reply {
+                        if !held.sameExceptTimeout(c) {
                             s.mirror.upsert(c, tag: 0)
                             changes.append(.upsert(c))
                         }
@@ -311,10 +321,7 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
             var changes: [ConntrackUpdate] = []
             for c in table where Self.qualifies(c) {
                 fresh.upsert(c, tag: 0)
-                if let held = s.mirror[c.key], held.tcpState == c.tcpState, held.status == c.status, held.mark == c.mark,
-                   held.reply == c.reply {
-                    continue
-                }
+                if let held = s.mirror[c.key], held.sameExceptTimeout(c) { continue }
                 changes.append(.upsert(c))
             }
             for c in s.mirror.entries where fresh[c.key] == nil { changes.append(.delete(c.key)) }

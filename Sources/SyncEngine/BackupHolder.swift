@@ -235,7 +235,14 @@ final class BackupHolder: @unchecked Sendable {
                 $0.lastError = "\(error)"
             }
             if giveUp {
-                logger.error("synced conntracks refused by the dataplane; the next re-hold tries again",
+                // Say what happens next, which depends on the role: only a backup re-holds (what
+                // the store has, so a refused delete is never tried again).
+                cond.lock()
+                let again = reholding
+                cond.unlock()
+                logger.error(again
+                    ? "synced conntracks refused by the dataplane after \(Self.retries) retries; the next periodic re-hold writes the stored ones again (refused deletes are not retried)"
+                    : "synced conntracks refused by the dataplane after \(Self.retries) retries; given up (this node is master: no re-hold)",
                              metadata: ["error": "\(error)", "entries": "\(rejected)"])
             } else {
                 logger.warning("could not hold synced conntracks in the dataplane; retrying",

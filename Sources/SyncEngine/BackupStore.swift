@@ -35,6 +35,8 @@ public final class BackupStore: Sendable {
         var current: [Int: UInt32] = [:]
         /// The epoch whose RESYNC_END was applied, per share.
         var completed: [Int: UInt32] = [:]
+        /// The peer's share count, as its last completed resync gave it (its `event_threads`).
+        var peerShares = 0
     }
 
     private let state = Mutex(State())
@@ -168,15 +170,17 @@ public final class BackupStore: Sendable {
             }
             if !removed.isEmpty { onChange?(removed) }
             s.completed[share] = epoch
+            s.peerShares = count
             return n
         }
     }
 
-    /// Whether each of `shares` shares is owned by a connection whose resync completed: the
-    /// store holds the master's whole table, as of the resyncs, plus what followed them.
-    public func resynced(shares: Int) -> Bool {
+    /// Whether each of the peer's shares (its count, not ours: the two nodes' `event_threads`
+    /// may differ) is owned by a connection whose resync completed: the store holds the master's
+    /// whole table, as of the resyncs, plus what followed them. False before any resync.
+    public var resynced: Bool {
         state.withLock { s in
-            (0..<shares).allSatisfy { i in
+            s.peerShares > 0 && (0..<s.peerShares).allSatisfy { i in
                 let c = s.current[i] ?? 0
                 return c != 0 && s.completed[i] == c
             }

@@ -197,7 +197,7 @@ public final class SyncEngine: Sendable {
     /// written into the dataplane (the holder's queue is empty). A node that would take
     /// mastership back waits for this (`failback_hold_max`).
     public var resyncedFromPeer: Bool {
-        store.resynced(shares: settings.connections) && (holder?.statistics.queued ?? 0) == 0
+        store.resynced && (holder?.statistics.queued ?? 0) == 0
     }
 
     /// Binds the listener. Returns the port it listens on (useful with port 0 in tests).

@@ -19,11 +19,15 @@ public struct VRRPInstanceConfig: Sendable, Equatable, Hashable {
     public var virtualAddresses: [VRRPAddress]
     /// v2 only.
     public var authentication: VRRPAuthentication
+    /// keepalived `state MASTER` below priority 255: at startup, go to Master at once instead of
+    /// waiting a Master_Down_Interval in Backup (a higher-priority master then takes over as
+    /// usual). Not after a FAULT: that recovers through Backup.
+    public var startsAsMaster: Bool
 
     public init(vrid: UInt8, priority: UInt8, advertIntervalCentiseconds: UInt16 = 100, version: VRRPVersion = .v3,
                 preempt: Bool = true, preemptDelay: Duration = .zero, acceptMode: Bool = false,
                 primaryAddress: VRRPAddress, virtualAddresses: [VRRPAddress] = [],
-                authentication: VRRPAuthentication = .none) {
+                authentication: VRRPAuthentication = .none, startsAsMaster: Bool = false) {
         self.vrid = vrid
         self.priority = priority
         self.advertIntervalCentiseconds = advertIntervalCentiseconds
@@ -34,6 +38,7 @@ public struct VRRPInstanceConfig: Sendable, Equatable, Hashable {
         self.primaryAddress = primaryAddress
         self.virtualAddresses = virtualAddresses
         self.authentication = authentication
+        self.startsAsMaster = startsAsMaster
     }
 
     /// keepalived `nopreempt`: the inverse of `preempt`.
@@ -198,7 +203,9 @@ public struct VRRPInstanceState: Sendable, Equatable {
 
     public mutating func startup(now: VRRPInstant) -> [VRRPAction] {
         guard state == .initialize else { return [] }
-        return enterFromInitialize(now: now, reason: .startup)
+        let actions = enterFromInitialize(now: now, reason: .startup)
+        if config.startsAsMaster && state == .backup { return becomeMaster(now: now, reason: .startup) }
+        return actions
     }
 
     public mutating func shutdown(now: VRRPInstant) -> [VRRPAction] {

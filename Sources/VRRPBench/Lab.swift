@@ -136,6 +136,16 @@ public final class LabProcess: @unchecked Sendable {
         Glibc.kill(-pid, sig)
     }
 
+    /// The exit code once reaped (`WEXITSTATUS`), 128 + the signal if a signal ended it, nil
+    /// while it runs (or if it was reaped elsewhere).
+    public var exitCode: Int32? {
+        lock.lock()
+        defer { lock.unlock() }
+        _ = reapLocked(block: false)
+        guard let s = exitStatus, s >= 0 else { return nil }
+        return (s & 0x7f) == 0 ? (s >> 8) & 0xff : 128 + (s & 0x7f)
+    }
+
     /// Waits for the process to exit; false on timeout.
     @discardableResult
     public func waitForExit(timeout: Duration) async -> Bool {

@@ -95,8 +95,8 @@ struct VRRPTrackingTests {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let script = "\(dir)/n.sh", log = "\(dir)/n.log"
-        // The first call sleeps: order must hold anyway.
-        try "#!/bin/sh\n[ \"$5\" = MASTER ] && sleep 0.3\necho \"$1 $2 $3 $4 $5\" >> \(log)\n".write(toFile: script, atomically: true, encoding: .utf8)
+        // The first script (notify_master, `m`) sleeps: the ones queued after it still wait for it.
+        try "#!/bin/sh\n[ \"$1\" = m ] && sleep 0.3\necho \"$1 $2 $3 $4 $5\" >> \(log)\n".write(toFile: script, atomically: true, encoding: .utf8)
         chmod(script, 0o755)
         let loc = SourceLocation(file: "t", line: 1, column: 1)
         let spec = NotifySpec(
@@ -127,6 +127,37 @@ struct VRRPTrackingTests {
         let d = ScriptCommandSpec(text: "/x", arguments: ["/x"], location: loc)
         #expect(ScriptRunner.argv(d, defaultUser: ScriptUserSpec(user: "keepalived_script")) == ["/usr/sbin/runuser", "-u", "keepalived_script", "--", "/x"])
         #expect(ScriptRunner.argv(d, defaultUser: nil) == ["/x"])
+    }
+
+    @Test("use_vmac is refused by check-config and at start, with its place in the file")
+    func vmacRefused() throws {
+        let c = try ConfigLoader.parse(text: "vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 1\n use_vmac\n virtual_ipaddress { 192.0.2.1 }\n}\n", file: "k.conf")
+        #expect(VRRPSupport.refusals(c) == ["k.conf:1:1: error: vrrp_instance VI_1: use_vmac is not run by this build; remove it (the addresses then go on eth0 with its own MAC)"])
+        let ok = try ConfigLoader.parse(text: "vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 1\n virtual_ipaddress { 192.0.2.1 }\n}\n")
+        #expect(VRRPSupport.refusals(ok).isEmpty)
+    }
+
+    @Test("no_accept is refused (not enforced); enable_script_security refuses a root script others could change")
+    func otherRefusals() throws {
+        let c = try ConfigLoader.parse(text: "vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 1\n no_accept\n virtual_ipaddress { 192.0.2.1 }\n}\n", file: "k.conf")
+        #expect(VRRPSupport.refusals(c).count == 1 && VRRPSupport.refusals(c)[0].hasPrefix("k.conf:1:1: error: vrrp_instance VI_1: no_accept is not enforced"))
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ks-sec-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let script = "\(dir)/chk.sh"
+        try "#!/bin/sh\n".write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o777)
+        let text = "global_defs {\n enable_script_security\n}\nvrrp_script chk {\n script \(script)\n}\n"
+            + "vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 1\n virtual_ipaddress { 192.0.2.1 }\n track_script {\n chk\n }\n}\n"
+        let refusals = VRRPSupport.refusals(try ConfigLoader.parse(text: text, file: "k.conf"))
+        #expect(refusals.count == 1 && refusals[0].hasPrefix("k.conf:5:2: error: enable_script_security: \(script) would run as root")
+                && refusals[0].contains("writable by its group or others"), "\(refusals)")
+        // /bin/true: owned by root, not writable by others.
+        #expect(ScriptRunner.unsafeForRoot("/bin/true") == nil)
+        #expect(ScriptRunner.unsafeForRoot("relative.sh") == "its path is not absolute")
+        // With a user, it does not run as root: no check.
+        let asNobody = text.replacingOccurrences(of: " script \(script)\n", with: " script \(script)\n user nobody\n")
+        #expect(VRRPSupport.refusals(try ConfigLoader.parse(text: asNobody, file: "k.conf")).isEmpty)
     }
 
     @Test("a reload compares the VRRP settings without where they were read")

@@ -6,18 +6,30 @@ import TestSupport
 import VRRPBench
 
 /// `keepstate run` electing with keepalived on one segment: the daemon's VRRP instances, their
-/// tracking, notify scripts and the hand-over on SIGTERM (docs/vrrp.md).
+/// tracking, a sync group, notify scripts and the hand-over on SIGTERM (docs/vrrp.md).
 @Suite("keepstate run with VRRP against keepalived", .serialized, .timeLimit(.minutes(2)),
        .enabled(if: isRoot, "needs root: network namespaces and raw sockets"))
 struct DaemonVRRPTests {
     static let vip = "192.0.2.100"
+    /// VI_2's address: VI_2 has no other router, and is in VI_1's sync group.
+    static let vip2 = "192.0.2.101"
 
     func group(_ socket: String, _ name: String) -> GroupReport? {
         (try? ControlClient.send(ControlRequest(command: .showState), socketPath: socket, timeout: .seconds(2)))?
             .state?.groups.first { $0.name == name }
     }
 
-    @Test("elects with keepalived, goes to FAULT with its tracked interface, runs notify with keepalived's arguments, hands over on SIGTERM")
+    /// `keepstate run` in `host`'s namespace, killed by the segment's teardown if still running.
+    func startDaemon(in host: LabHost, config: String, socket: String, segment: LabSegment) throws -> LabProcess {
+        let daemon = try LabProcess(
+            ["ip", "netns", "exec", host.namespace.name, DaemonProcessTests.executable, "run", "--config", config,
+             "--socket", socket, "--log-level", "info"],
+            outputPath: segment.path("keepstate.log"))
+        segment.own(daemon)
+        return daemon
+    }
+
+    @Test("elects with keepalived, goes to FAULT with its sync group's tracked interface, runs notify with keepalived's arguments, hands over on SIGTERM")
     func againstKeepalived() async throws {
         try await withLabSegment(tag: "dvr") { segment in
             let ours = try segment.addHost("dvr-ours", number: 1, ipv4: "192.0.2.1")
@@ -42,21 +54,33 @@ struct DaemonVRRPTests {
                     priority 150
                     advert_int 0.1
                     version 3
-                    track_interface {
-                        trk0
-                    }
                     notify \(script)
                     virtual_ipaddress {
                         \(Self.vip)/24
                     }
                 }
+                vrrp_instance VI_2 {
+                    interface veth0
+                    virtual_router_id 52
+                    priority 150
+                    advert_int 0.1
+                    version 3
+                    track_interface {
+                        trk0
+                    }
+                    virtual_ipaddress {
+                        \(Self.vip2)/24
+                    }
+                }
+                vrrp_sync_group G {
+                    group {
+                        VI_1
+                        VI_2
+                    }
+                }
                 """.write(toFile: conf, atomically: true, encoding: .utf8)
             let socket = segment.path("k.sock")
-            let daemon = try LabProcess(
-                ["ip", "netns", "exec", ours.namespace.name, DaemonProcessTests.executable, "run", "--config", conf,
-                 "--socket", socket, "--log-level", "info"],
-                outputPath: segment.path("keepstate.log"))
-            segment.own(daemon)
+            let daemon = try startDaemon(in: ours, config: conf, socket: socket, segment: segment)
             let ka = try LabKeepalived(on: theirs, config: KeepalivedInstanceConfig(
                 routerID: "ka", priority: 100, advertInterval: "0.1", version: 3, virtualAddresses: ["\(Self.vip)/24"]),
                 segment: segment)
@@ -68,6 +92,7 @@ struct DaemonVRRPTests {
             #expect(elected, "ours: \(String(describing: group(socket, "VI_1")))\n\(daemon.output.suffix(3000))\n\(ka.log.suffix(2000))")
             let g = try #require(group(socket, "VI_1"))
             #expect(g.kind == "vrrp-instance" && g.vrrpState == "master" && g.vrrpPriority == 150 && g.vrrpFault == nil)
+            #expect(await labPoll(timeout: .seconds(5)) { group(socket, "G")?.state == "master" && group(socket, "G")?.kind == "vrrp-sync-group" })
 
             // The tracked interface goes down: FAULT, the address leaves, keepalived takes over.
             try ours.namespace.must(["ip", "link", "set", "trk0", "down"])
@@ -75,23 +100,113 @@ struct DaemonVRRPTests {
                 group(socket, "VI_1")?.vrrpState == "fault" && group(socket, "VI_1")?.state == "backup" && theirsHolds()
             }
             #expect(faulted, "ours: \(String(describing: group(socket, "VI_1")))")
-            #expect(group(socket, "VI_1")?.vrrpFault?.contains("trk0") == true)
+            // VI_2 tracks trk0; VI_1 follows it into FAULT through the sync group (VI_2 is
+            // evaluated after VI_1: the group's fault must reach an instance evaluated earlier).
+            #expect(group(socket, "VI_1")?.vrrpFault == "sync group member VI_2 is in FAULT")
+            #expect(await labPoll(timeout: .seconds(5)) {
+                group(socket, "VI_2")?.vrrpFault?.contains("trk0") == true && !ours.namespace.has(Self.vip2, on: "veth0")
+            }, "VI_2: \(String(describing: group(socket, "VI_2")))")
+            #expect(group(socket, "G")?.state == "backup")
 
             // Back up: ours preempts keepalived again.
             try ours.namespace.must(["ip", "link", "set", "trk0", "up"])
-            #expect(await labPoll(timeout: .seconds(10)) { group(socket, "VI_1")?.vrrpState == "master" && oursHolds() })
+            #expect(await labPoll(timeout: .seconds(10)) {
+                group(socket, "VI_1")?.vrrpState == "master" && oursHolds() && group(socket, "VI_2")?.vrrpState == "master"
+                    && ours.namespace.has(Self.vip2, on: "veth0") && group(socket, "G")?.state == "master"
+            })
 
-            // SIGTERM: priority 0, keepalived takes over within Skew_Time (well under the 0.3 s of a
-            // Master_Down_Interval; polled here, not timed), the daemon exits 0.
+            // SIGTERM: our adverts with priority 0 (seen on the segment by tshark), keepalived takes
+            // over, the daemon exits 0.
+            let capture = try LabCapture(namespace: segment.bridge, interface: "br0", filter: "ip proto 112",
+                                         fields: ["ip.src", "vrrp.virt_rtr_id", "vrrp.prio"], segment: segment)
+            try await capture.waitUntilCapturing()
+            // tshark says it captures a moment before it does: wait for one of our adverts first.
+            #expect(await labPoll(timeout: .seconds(10)) { capture.rows.contains { $0 == ["192.0.2.1", "51", "150"] } })
             daemon.signal(SIGTERM)
             #expect(await daemon.waitForExit(timeout: .seconds(10)), "the daemon did not stop")
+            #expect(daemon.exitCode == 0, "exit code \(String(describing: daemon.exitCode))")
             #expect(await labPoll(timeout: .seconds(5)) { theirsHolds() })
+            let zeros = await labPoll(timeout: .seconds(5)) {
+                ["51", "52"].allSatisfy { vrid in capture.rows.contains { $0 == ["192.0.2.1", vrid, "0"] } }
+            }
+            #expect(zeros, "no priority-0 adverts from ours: \(capture.rows.suffix(10)) \(capture.stderr)")
+            _ = await capture.stop()
 
             // notify: keepalived's four arguments, in order, STOP last.
             let lines = ((try? String(contentsOfFile: notifyLog, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
             #expect(lines == ["INSTANCE VI_1 BACKUP 150", "INSTANCE VI_1 MASTER 150", "INSTANCE VI_1 FAULT 150",
                               "INSTANCE VI_1 BACKUP 150", "INSTANCE VI_1 MASTER 150", "INSTANCE VI_1 STOP 150"],
                     "notify log:\n\(lines.joined(separator: "\n"))")
+        }
+    }
+
+    @Test("failback hold-down: a node whose VRF has not the master's table advertises priority 1 until failback_hold_max, then preempts")
+    func failbackHoldDown() async throws {
+        try await withLabSegment(tag: "dfb") { segment in
+            let ours = try segment.addHost("dfb-ours", number: 1, ipv4: "192.0.2.1")
+            let theirs = try segment.addHost("dfb-ka", number: 2, ipv4: "192.0.2.2")
+            // The VRF's sync peer (192.0.2.250) does not exist: its resync never completes.
+            let pki = segment.path("pki")
+            let exe = DaemonProcessTests.executable
+            for args in [["pki", "init", "--dir", pki], ["pki", "issue", "--dir", pki, "--name", "ours", "--address", "192.0.2.1"],
+                         ["pki", "issue", "--dir", pki, "--name", "peer", "--address", "192.0.2.250"]] {
+                _ = try labMust([exe] + args)
+            }
+            let conf = segment.path("keepstate.conf")
+            try """
+                global_defs {
+                    router_id ours
+                    vrrp_garp_master_delay 0
+                }
+                vrrp_instance VI_1 {
+                    interface veth0
+                    virtual_router_id 51
+                    priority 150
+                    advert_int 0.1
+                    version 3
+                    virtual_ipaddress {
+                        \(Self.vip)/24
+                    }
+                }
+                vrf main {
+                    ha_fp_conntrack {
+                        peer peer {
+                            source 192.0.2.1
+                            address 192.0.2.250
+                            identity peer
+                        }
+                        listen_ha_group VI_1
+                        failback_hold_max 3
+                        tls {
+                            ca \(pki)/ca.pem
+                            certificate \(pki)/ours.pem
+                            key \(pki)/ours.key
+                        }
+                    }
+                }
+                """.write(toFile: conf, atomically: true, encoding: .utf8)
+            // keepalived first, so that it is master when ours starts (a returning node).
+            _ = try LabKeepalived(on: theirs, config: KeepalivedInstanceConfig(
+                routerID: "ka", priority: 100, advertInterval: "0.1", version: 3, virtualAddresses: ["\(Self.vip)/24"]),
+                segment: segment)
+            #expect(await labPoll(timeout: .seconds(10)) { theirs.namespace.has(Self.vip, on: "veth0") })
+            let socket = segment.path("k.sock")
+            let daemon = try startDaemon(in: ours, config: conf, socket: socket, segment: segment)
+            let started = ContinuousClock.now
+            // Held down: priority 1, backup, keepalived keeps the address.
+            #expect(await labPoll(timeout: .seconds(10)) {
+                group(socket, "VI_1")?.vrrpPriority == 1 && group(socket, "VI_1")?.vrrpState == "backup"
+            }, "\(String(describing: group(socket, "VI_1")))\n\(daemon.output.suffix(2000))")
+            #expect(theirs.namespace.has(Self.vip, on: "veth0") && !ours.namespace.has(Self.vip, on: "veth0"))
+            // failback_hold_max (3 s) runs out: priority 150 again, and ours preempts.
+            #expect(await labPoll(timeout: .seconds(15)) {
+                group(socket, "VI_1")?.vrrpState == "master" && ours.namespace.has(Self.vip, on: "veth0")
+            })
+            #expect(ContinuousClock.now - started >= .seconds(3), "preempted before failback_hold_max")
+            #expect(group(socket, "VI_1")?.vrrpPriority == 150)
+            #expect(daemon.output.contains("VRRP priority hold-down ended by failback_hold_max before the resync completed"))
+            daemon.signal(SIGTERM)
+            #expect(await daemon.waitForExit(timeout: .seconds(10)))
         }
     }
 }

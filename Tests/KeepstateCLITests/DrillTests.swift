@@ -105,7 +105,7 @@ struct DrillTests {
 
     /// The small drill of issue 7: 100 TCP and 20 UDP flows, 10,000 background conntracks, the
     /// sync run and the control run, nf_conntrack_tcp_loose=1.
-    @Test("a small drill: flows survive with the sync and die without it", .enabled(if: runningAsRoot), .timeLimit(.minutes(3)))
+    @Test("a small drill: flows survive with the sync and die without it", .enabled(if: runningAsRoot, "needs root: network namespaces, nftables and conntrack"), .timeLimit(.minutes(3)))
     func smallDrill() throws {
         let exe = try #require(keepstateExecutable(), "build the keepstate executable first (swift build)")
         let args = ["--tcp", "100", "--udp", "20", "--background", "10000", "--loose", "1", "--observe", "5", "--json"]

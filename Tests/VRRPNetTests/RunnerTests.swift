@@ -93,8 +93,8 @@ import VRRPNet
         let last = try #require(await f.runner.statistics.lastTransition)
         // Master_Down_Interval = 3 * 100 cs + (156 * 100 / 256) cs = 3.6 s after the last advert
         // (injected at or after `lastAdvert`; the timer may fire late, never early).
+        // Lower bounds only: a timer never fires early; how late it fires depends on the load.
         #expect(last.at - lastAdvert >= .milliseconds(3600))
-        #expect(last.at - lastAdvert < .milliseconds(4600))
         #expect(last.at - t0 > .milliseconds(5000))
         #expect(await f.runner.statistics.advertsReceived == 5)
         await f.close()
@@ -145,6 +145,9 @@ import VRRPNet
         #expect(await f.runner.state == .fault)
         #expect(f.log.all.last == "remove:192.0.2.100")
         f.transport.inject(f.advert(priority: 250))  // ignored in Fault
+        #expect(await labPoll(timeout: .seconds(10)) { await f.runner.statistics.advertsReceived == 1 })
+        await f.runner.waitUntilIdle()
+        #expect(await f.runner.state == .fault && f.log.all.last == "remove:192.0.2.100")
         await f.runner.linkUp()
         await f.runner.waitUntilIdle()
         #expect(await f.runner.state == .master)  // the owner goes master again at once

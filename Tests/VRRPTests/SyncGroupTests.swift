@@ -31,8 +31,9 @@ import VRRP
         #expect(m.enterFault(.tracking("tracked interface eth1 is down"), now: at(4000))
                 == [.enterFault(.tracking("tracked interface eth1 is down")), .removeVirtualAddresses])
         #expect(m.state == .fault && m.nextDeadline == nil)
-        // Adverts are ignored in FAULT.
-        #expect(m.receivedAdvert(advert(priority: 50), from: ip("192.0.2.9"), now: at(4100)).isEmpty)
+        // Adverts are ignored in FAULT: a priority-0 one would arm Skew_Time in Backup.
+        #expect(m.receivedAdvert(advert(priority: 0), from: ip("192.0.2.9"), now: at(4100)).isEmpty)
+        #expect(m.state == .fault && m.nextDeadline == nil)
         #expect(m.leaveFault(.trackingRecovered, now: at(5000)) == [.becomeBackup(.trackingRecovered)])
         #expect(m.state == .backup && m.nextDeadline == at(5000) + m.masterDownInterval)
     }
@@ -41,5 +42,21 @@ import VRRP
         var m = masterInstance()
         #expect(m.linkDown(now: at(4000)) == [.enterFault(.linkDown), .removeVirtualAddresses])
         #expect(m.linkUp(now: at(4100)) == [.becomeBackup(.linkUp)])
+    }
+
+    @Test func stateMasterBelow255GoesMasterAtStartupOnly() {
+        var c = v3Config()
+        c.startsAsMaster = true
+        var m = VRRPInstanceState(config: c)
+        #expect(m.startup(now: .zero) == masterActions(100, .startup))
+        // A higher-priority master takes over as usual.
+        #expect(m.receivedAdvert(advert(priority: 150), from: ip("192.0.2.9"), now: at(100)).first
+                == .becomeBackup(.higherPriorityAdvert(priority: 150, source: ip("192.0.2.9"))))
+        // Recovering from FAULT goes through Backup.
+        _ = m.linkDown(now: at(200))
+        #expect(m.linkUp(now: at(300)) == [.becomeBackup(.linkUp)])
+        // Without it: Backup first.
+        var b = VRRPInstanceState(config: v3Config())
+        #expect(b.startup(now: .zero) == [.becomeBackup(.startup)])
     }
 }
