@@ -40,6 +40,10 @@ public actor KeepstateDaemon {
     /// VRFs whose dataplane or engine failed to start, and why; the others run regardless.
     private var failed: [String: String] = [:]
     private let eventLoops: MultiThreadedEventLoopGroup
+    /// VRRP's own thread: adverts are sent and received on time while the sync connections'
+    /// threads are busy with a resync (a master's advert late by Master_Down_Interval, 0.34 s
+    /// at `advert_int 0.1`, makes its backup take over).
+    private let vrrpLoop: MultiThreadedEventLoopGroup
     private var control: ControlServer?
     private var vrrp: VRRPSupervisor?
     private let started = ContinuousClock.now
@@ -50,6 +54,7 @@ public actor KeepstateDaemon {
         self.logger = logger
         self.config = try ConfigLoader.load(path: options.configPath)
         eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        vrrpLoop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     }
 
     /// Opens the control socket, the dataplanes and the sync engines, and sets every group's
@@ -69,7 +74,7 @@ public actor KeepstateDaemon {
             // first. If VRRP cannot start, nothing stays running.
             do {
                 vrrp = try await VRRPSupervisor.start(
-                config: config, eventLoop: eventLoops.next(), logger: logger,
+                config: config, eventLoop: vrrpLoop.next(), logger: logger,
                 willBecomeMaster: { [weak self] groups in
                     await self?.drive(Dictionary(uniqueKeysWithValues: groups.map { ($0, SyncRole.master) }))
                 },
@@ -97,6 +102,7 @@ public actor KeepstateDaemon {
         await control?.close()
         control = nil
         try? await eventLoops.shutdownGracefully()
+        try? await vrrpLoop.shutdownGracefully()
     }
 
     // MARK: groups
@@ -128,14 +134,16 @@ public actor KeepstateDaemon {
     /// master yet (`failback_hold_max` of those VRFs, the longest).
     func failbackHold(_ groups: [String]) -> FailbackHold {
         var behind = false
+        var masterPeer = false
         var bound = 0.0
         for v in vrfs.values {
             guard let name = groupName(of: v.config), groups.contains(name), let sync = v.config.sync,
                   sync.failbackHoldMax > 0 else { continue }
             bound = max(bound, sync.failbackHoldMax)
             if !v.resyncedFromPeer { behind = true }
+            if v.resyncFromPeerBegun { masterPeer = true }
         }
-        return behind ? FailbackHold(behind: true, bound: bound) : .none
+        return behind ? FailbackHold(behind: true, bound: bound, masterPeerSending: masterPeer) : .none
     }
 
     /// VRRP's states: each group's driven role, then the VRFs that follow it. Awaited by an

@@ -136,6 +136,9 @@ final class VRFRuntime {
     /// Whether this VRF, as backup, holds a completed resync from its peer (true without sync).
     var resyncedFromPeer: Bool { engine?.resyncedFromPeer ?? true }
 
+    /// Whether a master peer has begun sending its table to this VRF (false without sync).
+    var resyncFromPeerBegun: Bool { engine?.resyncFromPeerBegun ?? false }
+
     nonisolated(nonsending) func stop() async {
         if let engine { await engine.shutdown() }
         engine = nil

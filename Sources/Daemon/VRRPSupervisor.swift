@@ -50,6 +50,8 @@ struct DaemonVRRPHooks: VRRPRunnerHooks {
 struct FailbackHold: Sendable, Equatable {
     var behind: Bool
     var bound: Double
+    /// A master peer has begun sending its table to a VRF behind (it is alive and master).
+    var masterPeerSending = false
     static let none = FailbackHold(behind: false, bound: 0)
 }
 
@@ -105,10 +107,20 @@ actor VRRPSupervisor {
         var ownFault: String?
         /// The fault told to the runner (own or the group's).
         var fault: String?
-        /// Since when its priority is held down (failback), nil: not held.
-        var heldSince: ContinuousClock.Instant?
-        /// The hold-down ran out its bound in this episode: not held again until it is in sync.
-        var holdExpired = false
+        /// The failback hold-down (priority 1 while held).
+        var hold = FailbackHoldState()
+    }
+
+    /// How long an instance that became master while held down, and while a master peer was
+    /// sending its table on the sync link, keeps the hold: three Master_Down_Intervals (at
+    /// priority 1). The master it did not hear (adverts lost while its links came up) is heard in
+    /// that time and takes mastership back at its higher priority, so the node without the table
+    /// steps down; if that master is really gone, the node keeps mastership and gets its priority
+    /// back. Without a master peer sending (both nodes starting together, or the peer down), a
+    /// new master is released at once, so that the configured priorities decide.
+    static func masterSettle(_ spec: VRRPInstanceSpec) -> Duration {
+        let interval = Double(spec.advertIntervalCentiseconds) / 100
+        return .milliseconds(Int64(3 * (3 * interval + interval * 255 / 256) * 1000))
     }
 
     private let config: KeepstateConfig
@@ -293,35 +305,30 @@ actor VRRPSupervisor {
     /// the hold changed.
     @discardableResult
     private func updateHold(_ name: String) async -> Bool {
-        guard !stopped, let m = members[name], !m.spec.isAddressOwner else { return false }
-        let hold = m.state == .master ? .none : await failbackHold(groups(of: m.spec))
+        guard !stopped, let spec = members[name]?.spec, !spec.isAddressOwner else { return false }
+        let hold = await failbackHold(groups(of: spec))
         guard var m = members[name] else { return false }
-        let now = ContinuousClock.now
-        let wasHeld = m.heldSince != nil
-        if !hold.behind {
-            if wasHeld {
-                logger.notice("VRRP priority no longer held down: the VRFs hold the master's table", metadata: [
-                    "group": "\(name)", "held_seconds": "\(String(format: "%.3f", (now - m.heldSince!).seconds))",
-                ])
-            }
-            m.heldSince = nil
-            m.holdExpired = false
-        } else if let since = m.heldSince {
-            if (now - since).seconds >= hold.bound {
-                logger.warning("VRRP priority hold-down ended by failback_hold_max before the resync completed", metadata: [
-                    "group": "\(name)", "failback_hold_max": "\(hold.bound)",
-                ])
-                m.heldSince = nil
-                m.holdExpired = true
-            }
-        } else if !m.holdExpired {
-            m.heldSince = now
+        let wasHeld = m.hold.isHeld
+        let event = m.hold.update(now: ContinuousClock.now, hold: hold, settle: Self.masterSettle(spec))
+        members[name] = m
+        switch event {
+        case .held:
             logger.notice("VRRP priority held down until the VRFs hold the master's table", metadata: [
                 "group": "\(name)", "failback_hold_max": "\(hold.bound)",
             ])
+        case .released(let seconds, let asMaster):
+            let why = asMaster ? "this node is master" : "the VRFs hold the master's table"
+            logger.notice("VRRP priority no longer held down: \(why)", metadata: [
+                "group": "\(name)", "held_seconds": "\(String(format: "%.3f", seconds))",
+            ])
+        case .expired:
+            logger.warning("VRRP priority hold-down ended by failback_hold_max before the resync completed", metadata: [
+                "group": "\(name)", "failback_hold_max": "\(hold.bound)",
+            ])
+        case nil:
+            break
         }
-        members[name] = m
-        return wasHeld != (m.heldSince != nil)
+        return wasHeld != m.hold.isHeld
     }
 
     // MARK: tracking
@@ -368,13 +375,13 @@ actor VRRPSupervisor {
         let verdict = Tracking.combine(own, groupFault: groupFault)
         m.ownFault = own.fault
         // Failback: a held-down instance advertises priority 1, so it does not preempt.
-        m.priority = m.heldSince != nil ? 1 : verdict.priority
+        m.priority = m.hold.isHeld ? 1 : verdict.priority
         m.fault = verdict.fault
         members[name] = m
         if m.priority != before.priority {
             logger.notice("VRRP priority changed", metadata: [
                 "group": "\(name)", "from": "\(before.priority)", "to": "\(m.priority)",
-                "why": "\(m.heldSince != nil ? "failback hold-down" : "tracking")",
+                "why": "\(m.hold.isHeld ? "failback hold-down" : "tracking")",
             ])
             await m.runner.setPriority(m.priority)
         }
@@ -394,6 +401,9 @@ actor VRRPSupervisor {
         m.state = change.to
         members[name] = m
         let spec = m.spec
+        // Before the VRFs follow the new state: whether a master peer is sending its table.
+        let hold = await failbackHold(groups(of: spec))
+        members[name]?.hold.stateChanged(toMaster: change.to == .master, now: ContinuousClock.now, hold: hold)
         // The HA groups: the instance's own, and its sync group's (master while a member is).
         var roles: [String: SyncRole] = [name: change.to == .master ? .master : .backup]
         if let g = spec.syncGroup, let group = config.vrrpSyncGroup(named: g) {
@@ -414,8 +424,9 @@ actor VRRPSupervisor {
             }
         }
         await notify(name, change)
-        // A master is never held down (its adverts carry its real priority).
-        if change.to == .master, await updateHold(name) { await reevaluate(name) }
+        // A new master is released at once unless it settles (`masterSettle`; the hold tick
+        // releases it then); a new backup behind its peer is held.
+        if await updateHold(name) { await reevaluate(name) }
     }
 
     /// Queues the notify scripts of a transition. Awaited, so that the queue receives them in the

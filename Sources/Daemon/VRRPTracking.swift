@@ -64,3 +64,64 @@ enum Tracking {
         return TrackingVerdict(priority: priority, fault: fault)
     }
 }
+
+/// The failback hold-down of one VRRP instance, free of I/O (docs/vrrp.md, "Failback
+/// hold-down"). The supervisor feeds it the VRFs' `FailbackHold` and its state changes; while
+/// `isHeld`, the instance advertises priority 1.
+struct FailbackHoldState: Sendable, Equatable {
+    /// Since when the priority is held down; nil: not held.
+    private(set) var heldSince: ContinuousClock.Instant?
+    /// The hold ran out its bound in this episode: not held again until the VRFs are in sync.
+    private(set) var expired = false
+    /// Since when the instance is master; nil: not master.
+    private(set) var masterSince: ContinuousClock.Instant?
+    /// It became master while held and while a master peer was sending its table: the hold
+    /// stays for the settling time.
+    private(set) var settling = false
+
+    enum Event: Sendable, Equatable {
+        case held
+        /// Released because the VRFs hold the master's table (`asMaster` false), or because the
+        /// instance is master (`asMaster` true: at once, or after its settling time).
+        case released(heldSeconds: Double, asMaster: Bool)
+        case expired
+    }
+
+    var isHeld: Bool { heldSince != nil }
+
+    /// The instance's VRRP state changed.
+    mutating func stateChanged(toMaster: Bool, now: ContinuousClock.Instant, hold: FailbackHold) {
+        masterSince = toMaster ? now : nil
+        settling = toMaster && isHeld && hold.masterPeerSending
+    }
+
+    /// One evaluation (every 100 ms and after each state change). `settle` is the settling time
+    /// (`VRRPSupervisor.masterSettle`).
+    mutating func update(now: ContinuousClock.Instant, hold: FailbackHold, settle: Duration) -> Event? {
+        if let since = masterSince {
+            // A master never starts a hold; one that became master while held keeps it only
+            // while it settles.
+            if settling, isHeld, now - since < settle { return nil }
+            return release(now: now, asMaster: true)
+        }
+        guard hold.behind else { return release(now: now, asMaster: false) }
+        if let since = heldSince {
+            guard now - since >= .milliseconds(Int64(hold.bound * 1000)) else { return nil }
+            heldSince = nil
+            expired = true
+            return .expired
+        }
+        if expired { return nil }
+        heldSince = now
+        return .held
+    }
+
+    private mutating func release(now: ContinuousClock.Instant, asMaster: Bool) -> Event? {
+        expired = false
+        settling = false
+        guard let since = heldSince else { return nil }
+        heldSince = nil
+        let d = (now - since).components
+        return .released(heldSeconds: Double(d.seconds) + Double(d.attoseconds) / 1e18, asMaster: asMaster)
+    }
+}

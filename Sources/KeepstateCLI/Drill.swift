@@ -473,7 +473,7 @@ struct DrillRun {
         report.daemonTakeoverSeconds = survivor?.lastTakeoverSeconds
 
         var back: UInt64?
-        var failbackPartial: (resync: Double?, held: Int, table: Int, preempted: Bool, preemptAt: Double?, heldAtPreempt: Int?)?
+        var failbackPartial: (resync: Double?, held: Int, table: Int, preempted: Bool, preemptAt: Double?, heldAtPreempt: Int?, survivorAtPreempt: Int?)?
         if sync && !drill.noFailback {
             let returned: UInt64
             switch drill.failure {
@@ -503,16 +503,21 @@ struct DrillRun {
             var resync: Double?
             var preemptAt: Double?
             var heldAtPreempt: Int?
+            var survivorAtPreempt: Int?
             let wait = 60 + Double(drill.background) / 10_000
             _ = waitFor(wait, every: 0.02) {
+                // The survivor's table first: read after r1's state, it could count conntracks
+                // made after r1 became master (the sync connections it opens as master).
+                let survivor = table()
                 let s = r1.state()
                 let held = s?.vrfs.first?.held ?? 0
                 let t = DrillAnalysis.seconds(monotonicNanoseconds() - returned)
                 // Resynced: held, and written to r1's kernel table (its hold queue empty).
-                if resync == nil, held > 0, held >= table(), s?.vrfs.first?.holdQueue == 0 { resync = t }
+                if resync == nil, held > 0, held >= survivor, s?.vrfs.first?.holdQueue == 0 { resync = t }
                 if drill.ha == .vrrp, preemptAt == nil, s?.groups.first(where: { $0.name == DrillConfig.group })?.state == "master" {
                     preemptAt = t
                     heldAtPreempt = held
+                    survivorAtPreempt = survivor
                 }
                 if preemptAt != nil { return true }
                 // Static: the drill switches back itself once the table is there.
@@ -523,6 +528,7 @@ struct DrillRun {
             }
             if drill.ha == .static, resync != nil {
                 // A planned switchover back, as an operator would do it.
+                survivorAtPreempt = table()
                 try r2.setState("backup")
                 heldAtPreempt = r1.state()?.vrfs.first?.held
                 try r1.setState("master")
@@ -541,7 +547,8 @@ struct DrillRun {
                 }
                 usleep(500_000)
             }
-            failbackPartial = (resync, r1.state()?.vrfs.first?.held ?? 0, table(), preemptAt != nil, preemptAt, heldAtPreempt)
+            failbackPartial = (resync, r1.state()?.vrfs.first?.held ?? 0, table(), preemptAt != nil, preemptAt, heldAtPreempt, survivorAtPreempt)
+            dumpFlows(topo, "after-failback")
         }
 
         report.survivorCounters = topo.forwardCounters(topo.r2)
@@ -560,7 +567,7 @@ struct DrillRun {
         if let back, let p = failbackPartial {
             report.failback = DrillFailback(
                 resyncSeconds: p.resync, returnedHeld: p.held, survivorTable: p.table, preempted: p.preempted,
-                preemptSeconds: p.preemptAt, heldAtPreempt: p.heldAtPreempt,
+                preemptSeconds: p.preemptAt, heldAtPreempt: p.heldAtPreempt, survivorTableAtPreempt: p.survivorAtPreempt,
                 tcp: DrillAnalysis.atFailback(flows, seen, proto: "tcp", back: back, bound: drill.stallBound),
                 udp: DrillAnalysis.atFailback(flows, seen, proto: "udp", back: back, bound: drill.stallBound))
         }
@@ -583,8 +590,8 @@ struct DrillRun {
     /// With --keep-files: both routers' conntracks of the client's flows (one kernel dump each,
     /// filtered here), for a post-mortem.
     func dumpFlows(_ topo: DrillTopology, _ when: String) {
-        // A dump of a large table takes seconds and competes with the daemons: small tables only.
-        guard drill.keepFiles, drill.background <= 50_000, let client = IPAddressBits(parsing: DrillTopology.client, family: .ipv4) else { return }
+        // A dump of a large table takes a second or more; it runs between the phases.
+        guard drill.keepFiles, let client = IPAddressBits(parsing: DrillTopology.client, family: .ipv4) else { return }
         for r in [topo.r1, topo.r2] {
             guard let all = try? ConntrackNetlink(netnsPath: "/run/netns/\(r.netns)").dump(family: .ipv4) else { continue }
             let lines = all.filter { $0.original.source == client && $0.original.destinationPort == 7000 }.map(\.description)

@@ -48,8 +48,10 @@ public struct DrillFailback: Codable, Sendable, Equatable {
     /// Whether the returned router became master again, and when (seconds after the return).
     public var preempted: Bool
     public var preemptSeconds: Double?
-    /// What the returned router held when it became master.
+    /// What the returned router held when it became master, and the survivor's table just
+    /// before (read first, so that it does not count what came after).
     public var heldAtPreempt: Int?
+    public var survivorTableAtPreempt: Int?
     public var tcp: DrillFlowSummary
     public var udp: DrillFlowSummary
 }
@@ -265,9 +267,10 @@ enum DrillAnalysis {
                                     detail: "held \(f.returnedHeld) of the survivor's \(f.survivorTable)"))
                 if f.preempted {
                     let atHeld = f.heldAtPreempt ?? 0
+                    let survivor = f.survivorTableAtPreempt ?? f.survivorTable
                     c.append(DrillCheck(name: "the returned router became master only with the table",
-                                        passed: atHeld >= f.survivorTable,
-                                        detail: "held \(atHeld) of \(f.survivorTable) when it became master"))
+                                        passed: atHeld >= survivor,
+                                        detail: "held \(atHeld) of the survivor's \(survivor) when it became master"))
                 }
                 c.append(DrillCheck(
                     name: "no flow was lost at the failback",
@@ -323,7 +326,9 @@ enum DrillAnalysis {
             rows.append(("failback: preempted (s after return)", runs.map { r in
                 r.failback.map { $0.preempted ? "yes, \(f($0.preemptSeconds))" : "no" } ?? "-"
             }))
-            rows.append(("failback: held when preempting", runs.map { $0.failback.flatMap { $0.heldAtPreempt }.map(String.init) ?? "-" }))
+            rows.append(("failback: held when preempting", runs.map { r in
+                r.failback.flatMap { f in f.heldAtPreempt.map { "\($0)/\(f.survivorTableAtPreempt.map(String.init) ?? "?")" } } ?? "-"
+            }))
             rows.append(("failback: TCP reset / stalled", runs.map { $0.failback.map { "\($0.tcp.reset) / \($0.tcp.stalled)" } ?? "-" }))
             rows.append(("failback: TCP longest gap (s)", runs.map { $0.failback.map { f($0.tcp.stallMax) } ?? "-" }))
             rows.append(("failback: UDP re-NATed / stalled", runs.map { $0.failback.map { "\($0.udp.reNATed) / \($0.udp.stalled)" } ?? "-" }))

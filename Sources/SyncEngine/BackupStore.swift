@@ -175,6 +175,12 @@ public final class BackupStore: Sendable {
         }
     }
 
+    /// Whether a resync from the peer has begun on some connection since it was claimed: the
+    /// peer is a master with a table to give.
+    public var resyncBegun: Bool {
+        state.withLock { s in s.current.values.contains { $0 != 0 } }
+    }
+
     /// Whether each of the peer's shares (its count, not ours: the two nodes' `event_threads`
     /// may differ) is owned by a connection whose resync completed: the store holds the master's
     /// whole table, as of the resyncs, plus what followed them. False before any resync.

@@ -200,6 +200,9 @@ public final class SyncEngine: Sendable {
         store.resynced && (holder?.statistics.queued ?? 0) == 0
     }
 
+    /// As backup: a master peer has begun sending its table (a resync began on a connection).
+    public var resyncFromPeerBegun: Bool { store.resyncBegun }
+
     /// Binds the listener. Returns the port it listens on (useful with port 0 in tests).
     @discardableResult
     public func startListening() async throws -> Int {

@@ -145,46 +145,7 @@ struct DaemonVRRPTests {
         try await withLabSegment(tag: "dfb") { segment in
             let ours = try segment.addHost("dfb-ours", number: 1, ipv4: "192.0.2.1")
             let theirs = try segment.addHost("dfb-ka", number: 2, ipv4: "192.0.2.2")
-            // The VRF's sync peer (192.0.2.250) does not exist: its resync never completes.
-            let pki = segment.path("pki")
-            let exe = DaemonProcessTests.executable
-            for args in [["pki", "init", "--dir", pki], ["pki", "issue", "--dir", pki, "--name", "ours", "--address", "192.0.2.1"],
-                         ["pki", "issue", "--dir", pki, "--name", "peer", "--address", "192.0.2.250"]] {
-                _ = try labMust([exe] + args)
-            }
-            let conf = segment.path("keepstate.conf")
-            try """
-                global_defs {
-                    router_id ours
-                    vrrp_garp_master_delay 0
-                }
-                vrrp_instance VI_1 {
-                    interface veth0
-                    virtual_router_id 51
-                    priority 150
-                    advert_int 0.1
-                    version 3
-                    virtual_ipaddress {
-                        \(Self.vip)/24
-                    }
-                }
-                vrf main {
-                    ha_fp_conntrack {
-                        peer peer {
-                            source 192.0.2.1
-                            address 192.0.2.250
-                            identity peer
-                        }
-                        listen_ha_group VI_1
-                        failback_hold_max 3
-                        tls {
-                            ca \(pki)/ca.pem
-                            certificate \(pki)/ours.pem
-                            key \(pki)/ours.key
-                        }
-                    }
-                }
-                """.write(toFile: conf, atomically: true, encoding: .utf8)
+            let conf = try holdConfig(segment, advertInterval: "0.1", holdMax: 3)
             // keepalived first, so that it is master when ours starts (a returning node).
             _ = try LabKeepalived(on: theirs, config: KeepalivedInstanceConfig(
                 routerID: "ka", priority: 100, advertInterval: "0.1", version: 3, virtualAddresses: ["\(Self.vip)/24"]),
@@ -205,6 +166,76 @@ struct DaemonVRRPTests {
             #expect(ContinuousClock.now - started >= .seconds(3), "preempted before failback_hold_max")
             #expect(group(socket, "VI_1")?.vrrpPriority == 150)
             #expect(daemon.output.contains("VRRP priority hold-down ended by failback_hold_max before the resync completed"))
+            daemon.signal(SIGTERM)
+            #expect(await daemon.waitForExit(timeout: .seconds(10)))
+        }
+    }
+
+    /// A daemon configuration whose VRF never completes a resync (its sync peer, 192.0.2.250,
+    /// does not exist), so its VRRP instance VI_1 (priority 150) starts held down.
+    func holdConfig(_ segment: LabSegment, advertInterval: String, holdMax: Int) throws -> String {
+        let pki = segment.path("pki")
+        let exe = DaemonProcessTests.executable
+        for args in [["pki", "init", "--dir", pki], ["pki", "issue", "--dir", pki, "--name", "ours", "--address", "192.0.2.1"],
+                     ["pki", "issue", "--dir", pki, "--name", "peer", "--address", "192.0.2.250"]] {
+            _ = try labMust([exe] + args)
+        }
+        let conf = segment.path("keepstate.conf")
+        try """
+            global_defs {
+                router_id ours
+                vrrp_garp_master_delay 0
+            }
+            vrrp_instance VI_1 {
+                interface veth0
+                virtual_router_id 51
+                priority 150
+                advert_int \(advertInterval)
+                version 3
+                virtual_ipaddress {
+                    \(Self.vip)/24
+                }
+            }
+            vrf main {
+                ha_fp_conntrack {
+                    peer peer {
+                        source 192.0.2.1
+                        address 192.0.2.250
+                        identity peer
+                    }
+                    listen_ha_group VI_1
+                    failback_hold_max \(holdMax)
+                    tls {
+                        ca \(pki)/ca.pem
+                        certificate \(pki)/ours.pem
+                        key \(pki)/ours.key
+                    }
+                }
+            }
+            """.write(toFile: conf, atomically: true, encoding: .utf8)
+        return conf
+    }
+
+    /// Both nodes starting together: each is held (neither has the other's table), and neither
+    /// is a master sending its table, so the one that becomes master gets its priority back at
+    /// once and the configured priorities decide (the settling rule, which needs a master peer
+    /// sending, is in FailbackHoldTests).
+    @Test("a held-down node that becomes master with no master peer sending its table gets its priority back at once")
+    func heldMasterReleasedAtOnce() async throws {
+        try await withLabSegment(tag: "dha") { segment in
+            let ours = try segment.addHost("dha-ours", number: 1, ipv4: "192.0.2.1")
+            _ = try segment.addHost("dha-ka", number: 2, ipv4: "192.0.2.2")
+            let conf = try holdConfig(segment, advertInterval: "1", holdMax: 60)
+            let socket = segment.path("k.sock")
+            let daemon = try startDaemon(in: ours, config: conf, socket: socket, segment: segment)
+            #expect(await labPoll(timeout: .seconds(10)) { group(socket, "VI_1")?.vrrpPriority == 1 },
+                    "\(String(describing: group(socket, "VI_1")))\n\(daemon.output.suffix(2000))")
+            #expect(await labPoll(timeout: .seconds(10)) {
+                group(socket, "VI_1")?.vrrpState == "master" && ours.namespace.has(Self.vip, on: "veth0")
+            }, "\(String(describing: group(socket, "VI_1")))\n\(daemon.output.suffix(2000))")
+            // Released within a tick or two of becoming master, far below the 12 s settling time.
+            #expect(await labPoll(timeout: .seconds(3)) { group(socket, "VI_1")?.vrrpPriority == 150 })
+            #expect(daemon.output.contains("VRRP priority no longer held down: this node is master"))
             daemon.signal(SIGTERM)
             #expect(await daemon.waitForExit(timeout: .seconds(10)))
         }

@@ -1,6 +1,7 @@
 import ConntrackModel
 import Dataplane
 import Foundation
+import Glibc
 import KernelDataplane
 import Logging
 import NIOCore
@@ -127,11 +128,27 @@ struct KernelSyncTests {
                                         peerName: one ? "ha2" : "ha1", connections: 2, listenPort: listenPort),
                 tls: try TestPKI.material(one ? TestPKI.ha1 : TestPKI.ha2), dataplane: dp, group: group, logger: logger)
         }
-        let e1 = try engine("ha1", dp1)
+        /// Listens on `port` (the restarts reuse their port). The ports are below the ephemeral
+        /// range, so that no other test's outgoing connection takes one between a stop and the
+        /// restart; a bind retries while the old listener closes.
+        func listen(_ e: SyncEngine, port: Int) async throws {
+            let deadline = ContinuousClock.now + .seconds(10)
+            while true {
+                do {
+                    _ = try await e.startListening()
+                    return
+                } catch let error as IOError where error.errnoCode == EADDRINUSE && ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+            }
+        }
+        let port1 = Int.random(in: 20_000..<26_000)
+        let port2 = port1 + 6_000
+        let e1 = try engine("ha1", dp1, listenPort: port1)
         var dp2 = try KernelDataplane(vrf: "main", netnsPath: ns2.path, reconcileInterval: 0)
-        var e2 = try engine("ha2", dp2)
-        let port1 = try await e1.startListening()
-        let port2 = try await e2.startListening()
+        var e2 = try engine("ha2", dp2, listenPort: port2)
+        try await listen(e1, port: port1)
+        try await listen(e2, port: port2)
         e1.setRole(.master)
         e1.startSending(peerPort: port2)
         e2.startSending(peerPort: port1)
@@ -151,7 +168,7 @@ struct KernelSyncTests {
         dp2 = try KernelDataplane(vrf: "main", netnsPath: ns2.path, reconcileInterval: 0)
         e2 = try engine("ha2", dp2, listenPort: port2)
         #expect(try e2.adoptHeld() == 200)
-        _ = try await e2.startListening()
+        try await listen(e2, port: port2)
         e2.startSending(peerPort: port1)
         #expect(await eventually(15) { (try? heldKeys()) == expected }, "held: \((try? heldKeys().count) ?? -1)")
         #expect(e2.store.count == 250)
@@ -160,7 +177,7 @@ struct KernelSyncTests {
         // backup is resynced to the same 250.
         await e1.shutdown()
         let e1b = try engine("ha1", dp1, listenPort: port1)
-        _ = try await e1b.startListening()
+        try await listen(e1b, port: port1)
         e1b.setRole(.master)
         e1b.startSending(peerPort: port2)
         #expect(await eventually(15) { await e1b.isIdle() })
