@@ -7,7 +7,7 @@ SHELL := /bin/bash
 # the tests drive (openssl s_client as an independent TLS client; keepalived as the other VRRP
 # router; tshark's VRRP dissector as the judge of our adverts and the takeover benchmark's clock).
 DEBS := pkg-config libssl-dev openssl libnl-3-dev libnl-route-3-dev libnetfilter-conntrack-dev \
-        iproute2 nftables conntrack keepalived tshark
+        iproute2 nftables conntrack conntrackd keepalived tshark
 
 .PHONY: all deps build test drill bench fuzz clean
 
@@ -38,11 +38,11 @@ test: deps
 
 # The failover drill (docs/drill.md): two routers elected by VRRP in network namespaces, NAT
 # and a stateful firewall, TCP and UDP flows through them; the master fails, the flows must go
-# on through the backup; then the same without the sync, as the control. Release build: the
-# drill times what the daemon does.
+# on through the backup; then the same without the sync, as the control, and with keepalived +
+# conntrackd, as the baseline. Release build: the drill times what the daemon does.
 drill: deps
 	$(SWIFT) build -c release --product keepstate
-	./.build/release/keepstate drill
+	./.build/release/keepstate drill --baseline
 
 bench: deps
 	$(SWIFT) build -c release --product keepstate

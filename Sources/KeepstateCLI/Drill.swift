@@ -69,6 +69,11 @@ struct Drill: ParsableCommand {
     var failure: Failure = .power
     @Flag(help: "Skip the control run (sync off).") var noControl = false
     @Flag(help: "Skip the return of the failed router.") var noFailback = false
+    @Flag(help: ArgumentHelp(
+        "Also run keepalived + conntrackd (Debian's) on the same topology and traffic, for comparison.",
+        discussion: "One more run per loose value: keepalived elects with the same VRRP settings and its notify script "
+            + "commits conntrackd's external cache (Debian's primary-backup.sh); no failback. No expectations: a baseline."))
+    var baseline = false
     @Option(help: "A surviving flow answers again within this many seconds.") var stallBound = 3.0
     @Option(help: "Seconds to watch the flows after the failure and after the failback (at most).") var observe = 6.0
     @Option(help: "Sync connections per router (event_threads).") var eventThreads = 4
@@ -156,11 +161,12 @@ struct Drill: ParsableCommand {
         var runs: [DrillRunReport] = []
         var index = 0
         for l in loose.values {
-            for sync in noControl ? [true] : [true, false] {
+            let kinds: [DrillRun.Kind] = (noControl ? [.sync] : [.sync, .control]) + (baseline ? [.baseline] : [])
+            for kind in kinds {
                 index += 1
                 let runner = DrillRun(
-                    drill: self, exe: exe, workdir: workdir, pki: pki, tag: "ksd\(getpid())-\(index)", sync: sync, loose: l)
-                var r = try runner.play()
+                    drill: self, exe: exe, workdir: workdir, pki: pki, tag: "ksd\(getpid())-\(index)", kind: kind, loose: l)
+                var r = try kind == .baseline ? runner.playBaseline() : runner.play()
                 r.checks = DrillAnalysis.checks(r, settings: settings)
                 progress("\(r.name): \(r.passed ? "PASS" : "FAIL")")
                 runs.append(r)
@@ -258,10 +264,21 @@ struct DrillRun {
     let workdir: String
     let pki: String
     let tag: String
-    let sync: Bool
+    let kind: Kind
     let loose: Int
 
-    var name: String { "\(sync ? "sync" : "control") loose=\(loose)" }
+    enum Kind { case sync, control, baseline }
+
+    /// Keepstate's sync runs (the control run has no `ha_fp_conntrack`).
+    var sync: Bool { kind == .sync }
+
+    var name: String {
+        switch kind {
+        case .sync: "sync loose=\(loose)"
+        case .control: "control loose=\(loose)"
+        case .baseline: "ka+ctd loose=\(loose)"
+        }
+    }
 
     final class Router {
         let spec: DrillTopology.Router
@@ -353,23 +370,7 @@ struct DrillRun {
             for r in [r1, r2] { r.daemon?.terminate(grace: 5) }
         }
 
-        // Room for the background table in each router's namespace (read-only inside one), and
-        // a hash table (shared by every namespace) whose chains stay short enough: the kernel
-        // refuses an entry whose chain would pass 64 (ENOSPC).
-        func rootValue(_ key: String) -> Int? {
-            Int((try? String(contentsOfFile: "/proc/sys/net/netfilter/\(key)", encoding: .utf8))?
-                .trimmingCharacters(in: .whitespacesAndNewlines) ?? "")
-        }
-        let needed = drill.background + 2 * (drill.tcp + drill.udp) + 65536
-        if let max = rootValue("nf_conntrack_max"), max < needed {
-            DrillJanitor.shared.setRootSysctl("net.netfilter.nf_conntrack_max", "\(needed)")
-        }
-        var buckets = 1 << 16
-        while buckets < needed && buckets < 1 << 21 { buckets <<= 1 }
-        if drill.background >= 100_000, let current = rootValue("nf_conntrack_buckets"), current < buckets {
-            DrillJanitor.shared.setRootSysctl("net.netfilter.nf_conntrack_buckets", "\(buckets)")
-        }
-
+        roomForTheTable()
         say("building the namespaces (\(topo.namespaces.joined(separator: " ")))")
         try topo.build(loose: loose, workdir: workdir)
 
@@ -396,35 +397,14 @@ struct DrillRun {
             }) else { throw DrillError("the sync connections did not come up within 20 s: r1: \(logTail(r1))") }
         }
 
-        // Traffic.
-        let server = try DrillChild(
-            name: "server", arguments: ["nice", "-n", "\(Drill.nice)", "ip", "netns", "exec", topo.serverNS, exe, "drill-traffic", "server",
-                                        "--address", DrillTopology.server, "--port", "7000"],
-            log: "\(workdir)/\(tag)-server.log", lineOutput: true, input: true)
-        children.append(server)
-        guard server.nextLine(timeout: 10) == "ready" else { throw DrillError("the echo server did not start") }
-        let client = try DrillChild(
-            name: "client", arguments: ["nice", "-n", "\(Drill.nice)", "ip", "netns", "exec", topo.clients, exe, "drill-traffic", "client",
-                                        "--server", DrillTopology.server, "--port", "7000", "--tcp", "\(drill.tcp)",
-                                        "--udp", "\(drill.udp)", "--interval-ms", "\(drill.intervalMs)"],
-            log: "\(workdir)/\(tag)-client.log", lineOutput: true, input: true)
-        children.insert(client, at: 0)
-        let ready = client.nextLine(timeout: 30)
-        guard ready == "ready" else { throw DrillError("the flows did not come up: \(ready ?? "no answer from the client")") }
-        say("\(drill.tcp) TCP and \(drill.udp) UDP flows up")
+        let (server, client) = try startTraffic(topo, children: &children)
         if sync {
             guard waitFor(30, { (r2.state()?.vrfs.first?.held ?? 0) >= drill.tcp + drill.udp }) else {
                 throw DrillError("the backup does not hold the flows' conntracks after 30 s (held \(r2.state()?.vrfs.first?.held ?? 0))")
             }
         }
 
-        // The background table.
-        if drill.background > 0 {
-            let t = monotonicNanoseconds()
-            report.backgroundRefused = try fill(netns: topo.r1.netns, count: drill.background)
-            report.fillSeconds = DrillAnalysis.seconds(monotonicNanoseconds() - t)
-            say("\(drill.background) background conntracks in r1's table in \(DrillAnalysis.fmt(report.fillSeconds)) s")
-        }
+        try fillBackground(topo, &report)
         let wanted = drill.background - (report.backgroundRefused ?? 0) + drill.tcp + drill.udp
         let syncStart = monotonicNanoseconds()
         guard waitFor(60 + Double(drill.background) / 10_000, every: 0.1, { (r1.state()?.vrfs.first?.conntracks ?? 0) >= wanted }) else {
@@ -447,8 +427,8 @@ struct DrillRun {
         dumpFlows(topo, "before-failure")
         // The failure: every link of r1 down at once, then its daemon killed (power loss).
         let failure = try topo.linksDown(topo.r1)
-        if drill.failure == .power { r1.daemon?.kill() }
         client.send("mark \(failure)")
+        if drill.failure == .power { r1.daemon?.killNow() }
         say("r1 failed: links down\(drill.failure == .power ? ", daemon killed" : "")")
         switch drill.ha {
         case .static:
@@ -551,6 +531,70 @@ struct DrillRun {
             dumpFlows(topo, "after-failback")
         }
 
+        let (flows, seen) = try conclude(&report, topo: topo, client: client, server: server, failure: failure, back: back)
+        if let back, let p = failbackPartial {
+            report.failback = DrillFailback(
+                resyncSeconds: p.resync, returnedHeld: p.held, survivorTable: p.table, preempted: p.preempted,
+                preemptSeconds: p.preemptAt, heldAtPreempt: p.heldAtPreempt, survivorTableAtPreempt: p.survivorAtPreempt,
+                tcp: DrillAnalysis.atFailback(flows, seen, proto: "tcp", back: back, bound: drill.stallBound),
+                udp: DrillAnalysis.atFailback(flows, seen, proto: "udp", back: back, bound: drill.stallBound))
+        }
+        say("done")
+        return report
+    }
+
+    /// Room for the background table in each router's namespace (read-only inside one), and a
+    /// hash table (shared by every namespace) whose chains stay short enough: the kernel refuses
+    /// an entry whose chain would pass 64 (ENOSPC).
+    func roomForTheTable() {
+        func rootValue(_ key: String) -> Int? {
+            Int((try? String(contentsOfFile: "/proc/sys/net/netfilter/\(key)", encoding: .utf8))?
+                .trimmingCharacters(in: .whitespacesAndNewlines) ?? "")
+        }
+        let needed = drill.background + 2 * (drill.tcp + drill.udp) + 65536
+        if let max = rootValue("nf_conntrack_max"), max < needed {
+            DrillJanitor.shared.setRootSysctl("net.netfilter.nf_conntrack_max", "\(needed)")
+        }
+        var buckets = 1 << 16
+        while buckets < needed && buckets < 1 << 21 { buckets <<= 1 }
+        if drill.background >= 100_000, let current = rootValue("nf_conntrack_buckets"), current < buckets {
+            DrillJanitor.shared.setRootSysctl("net.netfilter.nf_conntrack_buckets", "\(buckets)")
+        }
+    }
+
+    /// The echo server, then the clients; returns once every flow has had a reply.
+    func startTraffic(_ topo: DrillTopology, children: inout [DrillChild]) throws -> (server: DrillChild, client: DrillChild) {
+        let server = try DrillChild(
+            name: "server", arguments: ["nice", "-n", "\(Drill.nice)", "ip", "netns", "exec", topo.serverNS, exe, "drill-traffic", "server",
+                                        "--address", DrillTopology.server, "--port", "7000"],
+            log: "\(workdir)/\(tag)-server.log", lineOutput: true, input: true)
+        children.append(server)
+        guard server.nextLine(timeout: 10) == "ready" else { throw DrillError("the echo server did not start") }
+        let client = try DrillChild(
+            name: "client", arguments: ["nice", "-n", "\(Drill.nice)", "ip", "netns", "exec", topo.clients, exe, "drill-traffic", "client",
+                                        "--server", DrillTopology.server, "--port", "7000", "--tcp", "\(drill.tcp)",
+                                        "--udp", "\(drill.udp)", "--interval-ms", "\(drill.intervalMs)"],
+            log: "\(workdir)/\(tag)-client.log", lineOutput: true, input: true)
+        children.insert(client, at: 0)
+        let ready = client.nextLine(timeout: 30)
+        guard ready == "ready" else { throw DrillError("the flows did not come up: \(ready ?? "no answer from the client")") }
+        say("\(drill.tcp) TCP and \(drill.udp) UDP flows up")
+        return (server, client)
+    }
+
+    /// The background table in r1's kernel table.
+    func fillBackground(_ topo: DrillTopology, _ report: inout DrillRunReport) throws {
+        guard drill.background > 0 else { return }
+        let t = monotonicNanoseconds()
+        report.backgroundRefused = try fill(netns: topo.r1.netns, count: drill.background)
+        report.fillSeconds = DrillAnalysis.seconds(monotonicNanoseconds() - t)
+        say("\(drill.background) background conntracks in r1's table in \(DrillAnalysis.fmt(report.fillSeconds)) s")
+    }
+
+    /// Stops the traffic, collects both generators' reports and analyses the flows around the
+    /// failure (until the return `back`, or the end).
+    func conclude(_ report: inout DrillRunReport, topo: DrillTopology, client: DrillChild, server: DrillChild,
+                  failure: UInt64, back: UInt64?) throws -> (DrillClientReport, DrillServerReport?) {
         report.survivorCounters = topo.forwardCounters(topo.r2)
         client.send("stop")
         guard let flows = client.nextJSON(DrillClientReport.self, timeout: 30) else { throw DrillError("the client sent no report") }
@@ -564,15 +608,7 @@ struct DrillRun {
         report.tcp = DrillAnalysis.atFailure(flows, seen, proto: "tcp", failure: failure, windowEnd: windowEnd, bound: drill.stallBound)
         report.udp = DrillAnalysis.atFailure(flows, seen, proto: "udp", failure: failure, windowEnd: windowEnd, bound: drill.stallBound)
         report.allAnsweredSeconds = DrillAnalysis.allAnswered(flows, failure: failure, windowEnd: windowEnd)
-        if let back, let p = failbackPartial {
-            report.failback = DrillFailback(
-                resyncSeconds: p.resync, returnedHeld: p.held, survivorTable: p.table, preempted: p.preempted,
-                preemptSeconds: p.preemptAt, heldAtPreempt: p.heldAtPreempt, survivorTableAtPreempt: p.survivorAtPreempt,
-                tcp: DrillAnalysis.atFailback(flows, seen, proto: "tcp", back: back, bound: drill.stallBound),
-                udp: DrillAnalysis.atFailback(flows, seen, proto: "udp", back: back, bound: drill.stallBound))
-        }
-        say("done")
-        return report
+        return (flows, seen)
     }
 
     /// Whether every flow has answered a message sent after `since`, or ended. Answers to

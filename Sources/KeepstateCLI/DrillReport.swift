@@ -66,6 +66,12 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
     public var name: String
     public var sync: Bool
     public var loose: Int
+    /// keepalived + conntrackd instead of keepstate (`--baseline`): no expectations beyond the
+    /// setup's; `masterTable` and `backupHeld` are conntrackd's internal and external caches.
+    public var baseline = false
+    /// Baseline: seconds the survivor's notify script spent in `conntrackd -c` (the commit of
+    /// the external cache into the kernel), which starts after keepalived took the addresses.
+    public var commitSeconds: Double?
     /// Conntracks of the master (its daemon's count of those that qualify) and held by the
     /// backup, just before the failure.
     public var masterTable: Int?
@@ -92,7 +98,7 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
     public var passed: Bool { checks.allSatisfy(\.passed) }
 
     enum CodingKeys: String, CodingKey {
-        case name, sync, loose, masterTable, backupHeld, fillSeconds, syncSeconds, backgroundRefused, survivorMasterSeconds,
+        case name, sync, loose, baseline, commitSeconds, masterTable, backupHeld, fillSeconds, syncSeconds, backgroundRefused, survivorMasterSeconds,
              daemonTakeoverSeconds, allAnsweredSeconds, tcp, udp, failback, survivorCounters, checks, passed
     }
 
@@ -101,6 +107,8 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
         try c.encode(name, forKey: .name)
         try c.encode(sync, forKey: .sync)
         try c.encode(loose, forKey: .loose)
+        if baseline { try c.encode(baseline, forKey: .baseline) }
+        try c.encodeIfPresent(commitSeconds, forKey: .commitSeconds)
         try c.encodeIfPresent(masterTable, forKey: .masterTable)
         try c.encodeIfPresent(backupHeld, forKey: .backupHeld)
         try c.encodeIfPresent(fillSeconds, forKey: .fillSeconds)
@@ -122,6 +130,8 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
         name = try c.decode(String.self, forKey: .name)
         sync = try c.decode(Bool.self, forKey: .sync)
         loose = try c.decode(Int.self, forKey: .loose)
+        baseline = try c.decodeIfPresent(Bool.self, forKey: .baseline) ?? false
+        commitSeconds = try c.decodeIfPresent(Double.self, forKey: .commitSeconds)
         masterTable = try c.decodeIfPresent(Int.self, forKey: .masterTable)
         backupHeld = try c.decodeIfPresent(Int.self, forKey: .backupHeld)
         fillSeconds = try c.decodeIfPresent(Double.self, forKey: .fillSeconds)
@@ -246,6 +256,7 @@ enum DrillAnalysis {
             name: "every flow was up before the failure",
             passed: r.tcp.brokenBefore == 0 && r.udp.brokenBefore == 0,
             detail: "\(r.tcp.brokenBefore) TCP and \(r.udp.brokenBefore) UDP flows broken before"))
+        if r.baseline { return c }
         if r.sync {
             let held = r.backupHeld ?? 0, table = r.masterTable ?? 0
             c.append(DrillCheck(name: "the backup held the master's table before the failure",
@@ -307,10 +318,13 @@ enum DrillAnalysis {
         let runs = report.runs
         var rows: [(String, [String])] = []
         rows.append(("table on the master before failure", runs.map { n($0.masterTable) }))
-        rows.append(("held by the backup before failure", runs.map { $0.sync ? n($0.backupHeld) : "- (no sync)" }))
+        rows.append(("held by the backup before failure", runs.map { $0.sync || $0.baseline ? n($0.backupHeld) : "- (no sync)" }))
         rows.append(("background fill / sync of the table (s)", runs.map { "\(f($0.fillSeconds)) / \(f($0.syncSeconds))" }))
         rows.append(("survivor master after failure (s)", runs.map { f($0.survivorMasterSeconds) }))
         rows.append(("daemon takeover: held forwardable (ms)", runs.map { $0.sync ? fmt($0.daemonTakeoverSeconds.map { $0 * 1000 }) : "-" }))
+        if runs.contains(where: \.baseline) {
+            rows.append(("conntrackd commit on the survivor (s)", runs.map { $0.baseline ? f($0.commitSeconds) : "-" }))
+        }
         rows.append(("every flow answered again after (s)", runs.map { f($0.allAnsweredSeconds) }))
         rows.append(("TCP survived", runs.map { "\($0.tcp.survived)/\($0.tcp.total)" }))
         rows.append(("TCP reset", runs.map { "\($0.tcp.reset)" }))

@@ -269,6 +269,13 @@ final class DrillChild: @unchecked Sendable {
         DrillJanitor.shared.forget(self)
     }
 
+    /// SIGKILL without waiting for the exit (the failure: the drill measures from it, and
+    /// Foundation's wait for a killed child can take a second; `terminate` reaps it later).
+    func killNow() {
+        guard process.isRunning else { return }
+        Glibc.kill(pid, SIGKILL)
+    }
+
     /// SIGKILL (a machine that loses power does not shut down cleanly).
     func kill() {
         guard process.isRunning else { return }
