@@ -209,6 +209,25 @@ struct DrillConfig {
 
     static let group = "drill"
 
+    /// The sync group's two instances (keepstate's and the baseline's keepalived read the same).
+    static func vrrpInstances(priority: Int, preemptDelay: Double?) -> String {
+        var t = ""
+        for (name, interface, vrid, vip) in [("drill_in", "in0", 51, DrillTopology.insideVIP),
+                                             ("drill_out", "out0", 52, DrillTopology.outsideVIP)] {
+            t += "vrrp_instance \(name) {\n"
+            t += "    state BACKUP\n"
+            t += "    interface \(interface)\n"
+            t += "    virtual_router_id \(vrid)\n"
+            t += "    priority \(priority)\n"
+            t += "    version 3\n"
+            t += "    advert_int 0.1\n"
+            if let preemptDelay { t += "    preempt_delay \(preemptDelay)\n" }
+            t += "    virtual_ipaddress {\n        \(vip)/24 dev \(interface)\n    }\n"
+            t += "}\n\n"
+        }
+        return t
+    }
+
     var text: String {
         var t = "! keepstate drill: router \(router.name)\n"
         t += "global_defs {\n    router_id \(router.name)\n}\n\n"
@@ -217,19 +236,7 @@ struct DrillConfig {
             t += "ha_group \(Self.group) {\n    static_state \(initialMaster ? "MASTER" : "BACKUP")\n}\n\n"
         case .vrrp:
             t += "vrrp_sync_group \(Self.group) {\n    group {\n        drill_in\n        drill_out\n    }\n}\n\n"
-            for (name, interface, vrid, vip) in [("drill_in", "in0", 51, DrillTopology.insideVIP),
-                                                 ("drill_out", "out0", 52, DrillTopology.outsideVIP)] {
-                t += "vrrp_instance \(name) {\n"
-                t += "    state BACKUP\n"
-                t += "    interface \(interface)\n"
-                t += "    virtual_router_id \(vrid)\n"
-                t += "    priority \(router.priority)\n"
-                t += "    version 3\n"
-                t += "    advert_int 0.1\n"
-                if let preemptDelay { t += "    preempt_delay \(preemptDelay)\n" }
-                t += "    virtual_ipaddress {\n        \(vip)/24 dev \(interface)\n    }\n"
-                t += "}\n\n"
-            }
+            t += Self.vrrpInstances(priority: router.priority, preemptDelay: preemptDelay)
         }
         t += "vrf main {\n"
         if sync {

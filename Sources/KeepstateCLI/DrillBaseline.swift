@@ -102,12 +102,7 @@ extension DrillRun {
             k += "    \(event) \"\(r.notifyScript) \(arg)\"\n"
         }
         k += "}\n\n"
-        for (name, interface, vrid, vip) in [("drill_in", "in0", 51, DrillTopology.insideVIP),
-                                             ("drill_out", "out0", 52, DrillTopology.outsideVIP)] {
-            k += "vrrp_instance \(name) {\n    state BACKUP\n    interface \(interface)\n    virtual_router_id \(vrid)\n"
-            k += "    priority \(r.spec.priority)\n    version 3\n    advert_int 0.1\n"
-            k += "    virtual_ipaddress {\n        \(vip)/24 dev \(interface)\n    }\n}\n\n"
-        }
+        k += DrillConfig.vrrpInstances(priority: r.spec.priority, preemptDelay: drill.preemptDelay)
         try k.write(toFile: r.keepalivedConfig, atomically: true, encoding: .utf8)
     }
 
