@@ -432,9 +432,13 @@ struct DrillRun {
         report.backupHeld = r2.state()?.vrfs.first?.held
 
         dumpFlows(topo, "before-failure")
-        // The failure: every link of r1 down at once, then its daemon killed (power loss).
+        let survivorHasVIPs = topo.vipWatcher(topo.r2)
+        // The failure. Power loss: everything on r1 stops, its links go down at once, then its
+        // processes are killed. Links: only the links go down.
+        let frozen = drill.failure == .power ? topo.freeze(topo.r1) : []
         let failure = try topo.linksDown(topo.r1)
         client.send("mark \(failure)")
+        topo.killAll(frozen)
         if drill.failure == .power { r1.daemon?.killNow() }
         say("r1 failed: links down\(drill.failure == .power ? ", daemon killed" : "")")
         switch drill.ha {
@@ -445,7 +449,8 @@ struct DrillRun {
             topo.flushNeighbours()
             topo.removeVIPs(topo.r1)
         case .vrrp:
-            if waitFor(drill.observe, every: 0.005, { r2.group()?.state == "master" }) {
+            // Polled with netlink, not the survivor's control socket: measuring must not load it.
+            if waitFor(drill.observe, every: 0.002, survivorHasVIPs) {
                 report.survivorMasterSeconds = DrillAnalysis.seconds(monotonicNanoseconds() - failure)
             }
         }

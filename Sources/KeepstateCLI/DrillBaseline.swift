@@ -183,13 +183,16 @@ extension DrillRun {
         report.backupHeld = conntrackdCount(b, cache: "external")
         dumpFlows(topo, "before-failure")
 
-        // The failure, as in the other runs: every link down, then the daemons killed.
+        // The failure, as in the other runs: r1's processes frozen, its links down, the processes killed.
+        let survivorHasVIPs = topo.vipWatcher(topo.r2)
+        let frozen = topo.freeze(topo.r1)
         let failure = try topo.linksDown(topo.r1)
         client.send("mark \(failure)")
+        topo.killAll(frozen)
         r1.keepalived?.killNow()
         r1.conntrackd?.killNow()
         say("r1 failed: links down, keepalived and conntrackd killed")
-        if waitFor(drill.observe, every: 0.005, { topo.hasVIPs(topo.r2) }) {
+        if waitFor(drill.observe, every: 0.002, survivorHasVIPs) {
             report.survivorMasterSeconds = DrillAnalysis.seconds(monotonicNanoseconds() - failure)
         }
         say("r2 has the addresses after \(DrillAnalysis.fmt(report.survivorMasterSeconds)) s")

@@ -142,6 +142,21 @@ final class DrillTopology {
         return t
     }
 
+    /// A power loss: every process in the router's namespace stops at once (SIGSTOP), so that
+    /// none reacts to its links going down (a VRRP daemon would send priority 0 on a link still
+    /// up for a few microseconds, which a machine without power never does). Returns them, for
+    /// `killAll` after the links are down.
+    func freeze(_ r: Router) -> [pid_t] {
+        guard let out = try? Shell.run(["ip", "netns", "pids", r.netns]), out.status == 0 else { return [] }
+        let pids = out.output.split(whereSeparator: \.isWhitespace).compactMap { pid_t($0) }
+        for p in pids { kill(p, SIGSTOP) }
+        return pids
+    }
+
+    func killAll(_ pids: [pid_t]) {
+        for p in pids { kill(p, SIGKILL) }
+    }
+
     func linksUp(_ r: Router) throws {
         let nl = try NetlinkRoute(netnsPath: "/run/netns/\(r.netns)")
         for i in Self.routerInterfaces { try nl.setLink(named: i, up: true) }
@@ -164,6 +179,18 @@ final class DrillTopology {
     func hasVIPs(_ r: Router) -> Bool {
         guard let out = try? Shell.run(["ip", "-n", r.netns, "-4", "-o", "addr", "show"]).output else { return false }
         return out.contains(" \(Self.insideVIP)/") && out.contains(" \(Self.outsideVIP)/")
+    }
+
+    /// A poller of whether the router holds both virtual addresses: one netlink socket in its
+    /// namespace, a dump per call (no process started, nothing asked of the daemon, so polling
+    /// every few milliseconds at the takeover does not load the router being measured).
+    func vipWatcher(_ r: Router) -> () -> Bool {
+        let nl = try? NetlinkRoute(netnsPath: "/run/netns/\(r.netns)")
+        let wanted: Set<String> = [Self.insideVIP, Self.outsideVIP]
+        return {
+            guard let all = try? nl?.allAddresses() else { return false }
+            return wanted.isSubset(of: Set(all.map(\.address.description)))
+        }
     }
 
     /// Forgets the virtual addresses' link-layer addresses on the client and the server (the

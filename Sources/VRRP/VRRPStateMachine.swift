@@ -325,8 +325,11 @@ public struct VRRPInstanceState: Sendable, Equatable {
             adverTimer = nil
             masterDownTimer = nil
             preemptDelayUntil = nil
+            // A master leaving for FAULT says so with priority 0 first, as at shutdown (and as
+            // keepalived does): the backup takes over after Skew_Time, not Master_Down_Interval.
+            // With its own link down the advert cannot leave; nothing else depends on it.
             return previous == .master
-                ? [.enterFault(reason), .removeVirtualAddresses]
+                ? [.sendAdvert(priority: 0), .enterFault(reason), .removeVirtualAddresses]
                 : [.enterFault(reason)]
         }
     }

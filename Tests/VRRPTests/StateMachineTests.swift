@@ -225,7 +225,7 @@ func masterInstance(priority: UInt8 = 100) -> VRRPInstanceState {
 
     @Test func linkDownFromMasterEntersFaultAndLinkUpGoesBackup() {
         var m = masterInstance()
-        #expect(m.linkDown(now: at(4000)) == [.enterFault(.linkDown), .removeVirtualAddresses])
+        #expect(m.linkDown(now: at(4000)) == [.sendAdvert(priority: 0), .enterFault(.linkDown), .removeVirtualAddresses])
         #expect(m.state == .fault)
         #expect(m.nextDeadline == nil)
         #expect(m.timerFired(now: at(9000)) == [])

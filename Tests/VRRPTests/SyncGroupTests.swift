@@ -29,7 +29,7 @@ import VRRP
     @Test func trackingFaultRemovesTheAddressesAndRecoveryStartsAsBackup() {
         var m = masterInstance()
         #expect(m.enterFault(.tracking("tracked interface eth1 is down"), now: at(4000))
-                == [.enterFault(.tracking("tracked interface eth1 is down")), .removeVirtualAddresses])
+                == [.sendAdvert(priority: 0), .enterFault(.tracking("tracked interface eth1 is down")), .removeVirtualAddresses])
         #expect(m.state == .fault && m.nextDeadline == nil)
         // Adverts are ignored in FAULT: a priority-0 one would arm Skew_Time in Backup.
         #expect(m.receivedAdvert(advert(priority: 0), from: ip("192.0.2.9"), now: at(4100)).isEmpty)
@@ -40,7 +40,7 @@ import VRRP
 
     @Test func linkDownIsAFaultWithItsOwnReason() {
         var m = masterInstance()
-        #expect(m.linkDown(now: at(4000)) == [.enterFault(.linkDown), .removeVirtualAddresses])
+        #expect(m.linkDown(now: at(4000)) == [.sendAdvert(priority: 0), .enterFault(.linkDown), .removeVirtualAddresses])
         #expect(m.linkUp(now: at(4100)) == [.becomeBackup(.linkUp)])
     }
 
