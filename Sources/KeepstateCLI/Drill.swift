@@ -449,17 +449,10 @@ struct DrillRun {
             topo.flushNeighbours()
             topo.removeVIPs(topo.r1)
         case .vrrp:
-            // Polled with netlink, not the survivor's control socket: measuring must not load it.
-            if waitFor(drill.observe, every: 0.002, survivorHasVIPs) {
-                report.survivorMasterSeconds = DrillAnalysis.seconds(monotonicNanoseconds() - failure)
-            }
+            report.survivorMasterSeconds = timeTakeover(since: failure, survivorHasVIPs)
         }
         say("r2 master after \(DrillAnalysis.fmt(report.survivorMasterSeconds)) s")
-        // Watch until every flow answered again or ended, then half a second more.
-        _ = waitFor(drill.observe - DrillAnalysis.seconds(monotonicNanoseconds() - failure), every: 0.1) {
-            allAnswered(client, since: failure)
-        }
-        usleep(500_000)
+        watchFlows(client, since: failure)
         dumpFlows(topo, "after-failure")
         let survivor = r2.state()?.vrfs.first
         report.daemonTakeoverSeconds = survivor?.lastTakeoverSeconds
@@ -553,6 +546,23 @@ struct DrillRun {
         }
         say("done")
         return report
+    }
+
+    /// Seconds from `failure` until the survivor holds the addresses, polled every 2 ms with
+    /// netlink, not through its control socket (measuring must not load it); nil: not within
+    /// the observation time.
+    func timeTakeover(since failure: UInt64, _ survivorHasVIPs: () -> Bool) -> Double? {
+        guard waitFor(drill.observe, every: 0.002, survivorHasVIPs) else { return nil }
+        return DrillAnalysis.seconds(monotonicNanoseconds() - failure)
+    }
+
+    /// Watches until every flow answered again or ended (at most the observation time), then
+    /// half a second more.
+    func watchFlows(_ client: DrillChild, since failure: UInt64) {
+        _ = waitFor(drill.observe - DrillAnalysis.seconds(monotonicNanoseconds() - failure), every: 0.1) {
+            allAnswered(client, since: failure)
+        }
+        usleep(500_000)
     }
 
     /// Room for the background table in each router's namespace (read-only inside one), and a

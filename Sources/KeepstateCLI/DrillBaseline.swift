@@ -192,14 +192,9 @@ extension DrillRun {
         r1.keepalived?.killNow()
         r1.conntrackd?.killNow()
         say("r1 failed: links down, keepalived and conntrackd killed")
-        if waitFor(drill.observe, every: 0.002, survivorHasVIPs) {
-            report.survivorMasterSeconds = DrillAnalysis.seconds(monotonicNanoseconds() - failure)
-        }
+        report.survivorMasterSeconds = timeTakeover(since: failure, survivorHasVIPs)
         say("r2 has the addresses after \(DrillAnalysis.fmt(report.survivorMasterSeconds)) s")
-        _ = waitFor(drill.observe - DrillAnalysis.seconds(monotonicNanoseconds() - failure), every: 0.1) {
-            allAnswered(client, since: failure)
-        }
-        usleep(500_000)
+        watchFlows(client, since: failure)
         // The commit's duration, from the survivor's notify script (it may still be running).
         if waitFor(60 + Double(drill.background) / 20_000, every: 0.2, { FileManager.default.fileExists(atPath: b.commitLog) }),
            let text = try? String(contentsOfFile: b.commitLog, encoding: .utf8) {
