@@ -61,8 +61,10 @@ let package = Package(
             dependencies: ["ConntrackModel", "Dataplane", "NetfilterConntrack"],
             swiftSettings: strict
         ),
+        // Child processes with posix_spawn and waitpid (scripts, drill, lab and test helpers).
+        .target(name: "Spawn", swiftSettings: strict),
         // Helpers shared by the test targets (network namespaces, processes).
-        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
+        .target(name: "TestSupport", dependencies: ["Spawn"], path: "Tests/TestSupport", swiftSettings: strict),
         // VRRP (RFC 3768, 5798, 9568): packet codec, receive checks, the state machine. Pure.
         .target(name: "VRRP", swiftSettings: strict),
         // What Swift's Glibc module does not show (setns, in6_pktinfo and cmsg handling, AF_PACKET
@@ -86,7 +88,7 @@ let package = Package(
         .target(
             name: "VRRPBench",
             dependencies: [
-                "VRRP", "VRRPNet",
+                "VRRP", "VRRPNet", "Spawn",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -124,7 +126,7 @@ let package = Package(
             name: "Daemon",
             dependencies: [
                 "Config", "ConntrackModel", "Dataplane", "KernelDataplane", "SyncEngine", "SyncPolicy", "SyncProtocol",
-                "VRRP", "VRRPNet", "NetlinkRoute",
+                "VRRP", "VRRPNet", "NetlinkRoute", "Spawn",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -138,7 +140,7 @@ let package = Package(
             name: "KeepstateCLI",
             dependencies: [
                 "ConntrackModel", "SyncProtocol", "SyncPolicy", "Dataplane", "SyncEngine", "PKI", "Config", "NetfilterConntrack",
-                "KernelDataplane", "Daemon", "NetlinkRoute",
+                "KernelDataplane", "Daemon", "NetlinkRoute", "Spawn",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -3,19 +3,13 @@ import Dispatch
 import Foundation
 import Glibc
 import Logging
+import Spawn
 
 /// Runs the operator's scripts (`vrrp_script` checks and `notify*` scripts) as child processes,
 /// never on the caller's thread: the process is waited for on a thread of its own, and killed
 /// (SIGKILL) when it outlives its timeout.
 enum ScriptRunner {
-    struct Outcome: Sendable, Equatable {
-        /// The exit status; nil when it was killed for its timeout or could not start.
-        var status: Int32?
-        var timedOut = false
-        /// Why it could not start.
-        var failure: String?
-        var succeeded: Bool { status == 0 }
-    }
+    typealias Outcome = Spawn.Outcome
 
     /// argv, prefixed by `runuser` when the script runs as another user (keepalived's `user`,
     /// `script_user`, or a notify script's trailing user and group).
@@ -54,51 +48,10 @@ enum ScriptRunner {
             t.start()
         }
     }
-
-    /// posix_spawn and waitpid (Foundation's `Process` has been seen here not to report a child
-    /// killed by a signal): the script gets a process group of its own, so that a timeout kills
-    /// what it started too, and /dev/null for its standard streams.
+    /// `Spawn.run` (posix_spawn and waitpid; the script's process group is killed at its
+    /// timeout, so what it started goes too).
     private static func runBlocking(_ arguments: [String], timeout: Double) -> Outcome {
-        guard let first = arguments.first else { return Outcome(status: nil, failure: "empty command") }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        for fd in Int32(0)...2 { posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0) }
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for sig in [SIGINT, SIGTERM, SIGPIPE, SIGCHLD, SIGHUP] { sigaddset(&defaults, sig) }
-        posix_spawnattr_setsigdefault(&attr, &defaults)
-        posix_spawnattr_setpgroup(&attr, 0)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        defer { for a in argv { free(a) } }
-        var pid: pid_t = 0
-        let r = posix_spawn(&pid, first, &actions, &attr, &argv, environ)
-        guard r == 0 else { return Outcome(status: nil, failure: "\(first): \(String(cString: strerror(r)))") }
-        let deadline = DispatchTime.now() + max(0.001, timeout)
-        var pause: useconds_t = 1000
-        var status: Int32 = 0
-        while true {
-            let w = waitpid(pid, &status, WNOHANG)
-            if w == pid { break }
-            if w < 0 && errno != EINTR { return Outcome(status: nil, failure: "waitpid: \(String(cString: strerror(errno)))") }
-            if DispatchTime.now() >= deadline {
-                kill(-pid, SIGKILL)
-                while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-                return Outcome(status: nil, timedOut: true)
-            }
-            usleep(pause)
-            pause = min(pause * 2, 20_000)
-        }
-        // Exited: its status; killed by a signal: 128 + the signal, as a shell reports it.
-        let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        return Outcome(status: code)
+        Spawn.run(arguments, timeout: timeout)
     }
 }
 

@@ -439,7 +439,7 @@ struct DrillRun {
         let failure = try topo.linksDown(topo.r1)
         client.send("mark \(failure)")
         topo.killAll(frozen)
-        if drill.failure == .power { r1.daemon?.killNow() }
+        if drill.failure == .power { r1.daemon?.kill() }
         say("r1 failed: links down\(drill.failure == .power ? ", daemon killed" : "")")
         switch drill.ha {
         case .static:

@@ -1,4 +1,5 @@
 import Foundation
+import Spawn
 
 // What the drill makes, and undoes on every way out: namespaces, child processes, sysctls of
 // the root namespace, files. SIGINT, SIGTERM and SIGHUP run the same cleanup, then exit.
@@ -142,17 +143,7 @@ enum Shell {
     /// Runs a command (through `env`, so PATH is searched) and returns its status and output.
     @discardableResult
     static func run(_ args: [String]) throws -> (status: Int32, output: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = args
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+        try Spawn.capture(args)
     }
 
     /// Runs a command that must succeed.
@@ -180,44 +171,53 @@ enum Shell {
 /// (and standard output, when it is not read as lines) to a log file.
 final class DrillChild: @unchecked Sendable {
     let name: String
-    let process = Process()
-    private let input: Pipe?
+    let pid: pid_t
+    /// The write end of its standard input (-1: none).
+    private let input: Int32
     private let cond = NSCondition()
     private var lines: [String] = []
     private var outputClosed = false
+    /// Its exit code once reaped (`Spawn.reap`), under `cond`.
+    private var exited: Spawn.Reaped = .running
 
     /// - Parameters:
     ///   - lineOutput: read standard output as lines (`nextLine`); otherwise it goes to the log.
     init(name: String, arguments: [String], log: String, lineOutput: Bool, input withInput: Bool) throws {
         self.name = name
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = arguments
-        _ = FileManager.default.createFile(atPath: log, contents: nil)
-        guard let logHandle = FileHandle(forWritingAtPath: log) else { throw DrillError("cannot write \(log)") }
-        process.standardError = logHandle
-        let output = Pipe()
-        process.standardOutput = lineOutput ? output : logHandle
-        input = withInput ? Pipe() : nil
-        process.standardInput = input ?? FileHandle.nullDevice
-        try process.run()
-        try? logHandle.close()
-        if lineOutput {
+        let logFD = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard logFD >= 0 else { throw DrillError("cannot write \(log): \(String(cString: strerror(errno)))") }
+        defer { close(logFD) }
+        let output = lineOutput ? try Spawn.pipe() : nil
+        let stdin = withInput ? try Spawn.pipe() : nil
+        do {
+            pid = try Spawn.start(arguments, input: stdin?.read, output: .descriptor(output?.write ?? logFD), errors: .descriptor(logFD))
+        } catch {
+            for fd in [output?.read, output?.write, stdin?.read, stdin?.write].compactMap({ $0 }) { close(fd) }
+            throw DrillError("\(name): \(error)")
+        }
+        // The child's ends belong to the child now.
+        if let output { close(output.write) }
+        if let stdin { close(stdin.read) }
+        input = stdin?.write ?? -1
+        if let output {
             let reader = Thread { [self] in
-                let handle = output.fileHandleForReading
-                var pending = Data()
+                var pending: [UInt8] = []
+                var buffer = [UInt8](repeating: 0, count: 65536)
                 while true {
-                    let chunk = handle.availableData
-                    if chunk.isEmpty { break }
-                    pending.append(chunk)
+                    let n = buffer.withUnsafeMutableBytes { read(output.read, $0.baseAddress, $0.count) }
+                    if n < 0 && errno == EINTR { continue }
+                    if n <= 0 { break }
+                    pending += buffer[0..<n]
                     var got: [String] = []
                     while let nl = pending.firstIndex(of: 0x0A) {
-                        got.append(String(decoding: pending[pending.startIndex..<nl], as: UTF8.self))
-                        pending.removeSubrange(pending.startIndex...nl)
+                        got.append(String(decoding: pending[..<nl], as: UTF8.self))
+                        pending.removeSubrange(...nl)
                     }
                     if !got.isEmpty {
                         cond.lock(); lines += got; cond.broadcast(); cond.unlock()
                     }
                 }
+                close(output.read)
                 cond.lock(); outputClosed = true; cond.broadcast(); cond.unlock()
             }
             reader.stackSize = 1 << 20
@@ -228,8 +228,18 @@ final class DrillChild: @unchecked Sendable {
         DrillJanitor.shared.adopt(self)
     }
 
-    var pid: Int32 { process.processIdentifier }
-    var isRunning: Bool { process.isRunning }
+    deinit { if input >= 0 && !inputClosed { close(input) } }
+
+    /// Reaps it if it ended (never blocks).
+    var isRunning: Bool { reap(block: false) }
+
+    /// true while running.
+    private func reap(block: Bool) -> Bool {
+        cond.lock()
+        defer { cond.unlock() }
+        if exited == .running { exited = Spawn.reap(pid, block: block) }
+        return exited == .running
+    }
 
     /// The next line of standard output, or nil after `timeout` seconds or at its end.
     func nextLine(timeout: Double) -> String? {
@@ -253,39 +263,50 @@ final class DrillChild: @unchecked Sendable {
     }
 
     func send(_ line: String) {
-        guard let input else { return }
-        try? input.fileHandleForWriting.write(contentsOf: Data((line + "\n").utf8))
+        guard input >= 0 else { return }
+        let bytes = Array((line + "\n").utf8)
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes[sent...].withUnsafeBytes { write(input, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return }  // it ended; what it did not read is lost with it
+            sent += n
+        }
     }
 
-    func closeInput() { try? input?.fileHandleForWriting.close() }
+    func closeInput() {
+        cond.lock()
+        defer { cond.unlock() }
+        if input >= 0 { shutdownInput() }
+    }
+
+    private var inputClosed = false
+    private func shutdownInput() {
+        guard !inputClosed else { return }
+        inputClosed = true
+        close(input)
+    }
 
     /// SIGTERM, then SIGKILL after `grace` seconds.
     func terminate(grace: Double) {
-        guard process.isRunning else { return }
+        defer { DrillJanitor.shared.forget(self) }
+        guard isRunning else { return }
         Glibc.kill(pid, SIGTERM)
         let deadline = Date(timeIntervalSinceNow: grace)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
-        if process.isRunning { kill() }
-        DrillJanitor.shared.forget(self)
+        while isRunning && Date() < deadline { usleep(10_000) }
+        if isRunning { kill() }
     }
 
-    /// SIGKILL without waiting for the exit (the failure: the drill measures from it, and
-    /// Foundation's wait for a killed child can take a second; `terminate` reaps it later).
-    func killNow() {
-        guard process.isRunning else { return }
-        Glibc.kill(pid, SIGKILL)
-    }
-
-    /// SIGKILL (a machine that loses power does not shut down cleanly).
+    /// SIGKILL, then reaps it (a machine that loses power does not shut down cleanly).
     func kill() {
-        guard process.isRunning else { return }
+        guard isRunning else { return }
         Glibc.kill(pid, SIGKILL)
-        process.waitUntilExit()
+        _ = reap(block: true)
     }
 
     func wait(timeout: Double) -> Bool {
         let deadline = Date(timeIntervalSinceNow: timeout)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
-        return !process.isRunning
+        while isRunning && Date() < deadline { usleep(10_000) }
+        return !isRunning
     }
 }

@@ -3,6 +3,7 @@ import Glibc
 public import Logging
 import NIOCore
 import NIOPosix
+import Spawn
 import Synchronization
 public import VRRP
 public import VRRPNet
@@ -15,16 +16,7 @@ public import VRRPNet
 /// Runs a command and returns its exit status and its combined output.
 @discardableResult
 public func labRun(_ args: [String]) throws -> (status: Int32, output: String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = args
-    let pipe = Pipe()
-    p.standardOutput = pipe
-    p.standardError = pipe
-    try p.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    try Spawn.capture(args)
 }
 
 /// Runs a command and throws if it fails.
@@ -70,32 +62,11 @@ public final class LabProcess: @unchecked Sendable {
     public init(_ arguments: [String], outputPath: String) throws {
         self.arguments = arguments
         self.outputPath = outputPath
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        // Own process group (so its children can be signalled too), no blocked signals, default
-        // dispositions for the ones we send.
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for sig in [SIGINT, SIGTERM, SIGPIPE, SIGCHLD, SIGHUP] { sigaddset(&defaults, sig) }
-        posix_spawnattr_setsigdefault(&attr, &defaults)
-        posix_spawnattr_setpgroup(&attr, 0)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        defer { for a in argv { free(a) } }
-        var child: Int32 = 0
-        let r = posix_spawnp(&child, arguments[0], &actions, &attr, &argv, environ)
-        guard r == 0 else { throw VRRPLabError("posix_spawnp \(arguments[0]): errno \(r)") }
-        pid = child
+        do {
+            pid = try Spawn.start(arguments, output: .file(outputPath))
+        } catch {
+            throw VRRPLabError("\(arguments.first ?? "?"): \(error)")
+        }
     }
 
     /// Reaps the process if it exited (never blocks).
@@ -108,15 +79,12 @@ public final class LabProcess: @unchecked Sendable {
     /// true while running. Must hold the lock.
     private func reapLocked(block: Bool) -> Bool {
         if exitStatus != nil { return false }
-        var status: Int32 = 0
-        while true {
-            let r = waitpid(pid, &status, block ? 0 : WNOHANG)
-            if r == 0 { return true }
-            if r == pid { exitStatus = status; return false }
-            if errno == EINTR { continue }
-            exitStatus = -1  // ECHILD: reaped elsewhere
-            return false
+        switch Spawn.reap(pid, block: block) {
+        case .running: return true
+        case .exited(let code): exitStatus = code
+        case .gone: exitStatus = -1  // reaped elsewhere
         }
+        return false
     }
 
     public var output: String { (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "" }
@@ -143,7 +111,7 @@ public final class LabProcess: @unchecked Sendable {
         defer { lock.unlock() }
         _ = reapLocked(block: false)
         guard let s = exitStatus, s >= 0 else { return nil }
-        return (s & 0x7f) == 0 ? (s >> 8) & 0xff : 128 + (s & 0x7f)
+        return s
     }
 
     /// Waits for the process to exit; false on timeout.

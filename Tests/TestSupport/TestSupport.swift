@@ -1,4 +1,5 @@
 import Foundation
+import Spawn
 import Synchronization
 
 // Shared by the test targets: network namespaces made by a test and removed after it, and
@@ -37,16 +38,7 @@ public struct TestFailure: Error, CustomStringConvertible {
 
 @discardableResult
 public func run(_ args: [String]) throws -> (status: Int32, output: String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = args
-    let pipe = Pipe()
-    p.standardOutput = pipe
-    p.standardError = pipe
-    try p.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    try Spawn.capture(args)
 }
 
 
