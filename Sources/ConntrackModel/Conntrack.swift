@@ -102,6 +102,7 @@ public struct ConntrackStatus: OptionSet, Sendable, Hashable {
     public static let dying = ConntrackStatus(rawValue: 1 << 9)
     public static let fixedTimeout = ConntrackStatus(rawValue: 1 << 10)
     public static let template = ConntrackStatus(rawValue: 1 << 11)
+    public static let untracked = ConntrackStatus(rawValue: 1 << 12)
     public static let helper = ConntrackStatus(rawValue: 1 << 13)
     public static let offload = ConntrackStatus(rawValue: 1 << 14)
 }
@@ -250,3 +251,8 @@ public enum ConntrackUpdate: Sendable, Hashable {
     }
 }
 
+extension Conntrack {
+    /// Never synced, whatever its state (docs/semantics.md, rule 1): created from an ALG
+    /// helper's expectation, a template, or untracked.
+    public var isSyncExcluded: Bool { !status.isDisjoint(with: [.expected, .template, .untracked]) }
+}

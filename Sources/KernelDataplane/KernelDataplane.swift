@@ -71,10 +71,10 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         stopped.store(true, ordering: .relaxed)
     }
 
-    /// Whether a conntrack is synced: established (TCP ESTABLISHED, others seen both ways), and
-    /// not created for an ALG helper's expectation.
+    /// Whether a conntrack enters the mirror: established (TCP ESTABLISHED, others seen both
+    /// ways) and not excluded (`isSyncExcluded`; `SyncRules.isEligible` is the same rule).
     public static func qualifies(_ c: Conntrack) -> Bool {
-        c.isEstablished && !c.status.contains(.expected) && !c.status.contains(.template)
+        c.isEstablished && !c.isSyncExcluded
     }
 
     public var count: Int { state.withLock { $0.mirror.count } }
@@ -319,7 +319,9 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
             s.reconciliations += 1
             var fresh = ConntrackTable<UInt8>(minimumCapacity: table.count)
             var changes: [ConntrackUpdate] = []
-            for c in table where Self.qualifies(c) {
+            // What the mirror holds stays while the kernel has it, as `deliver` keeps it: a
+            // synced TCP conntrack that left ESTABLISHED (closing) is followed until destroyed.
+            for c in table where s.mirror[c.key] != nil || Self.qualifies(c) {
                 fresh.upsert(c, tag: 0)
                 if let held = s.mirror[c.key], held.sameExceptTimeout(c) { continue }
                 changes.append(.upsert(c))

@@ -47,14 +47,11 @@ public enum SyncClassification: Sendable, Hashable, CustomStringConvertible {
 
 /// The stateless rules: exclusions, establishment, what timeout a record carries.
 public enum SyncRules {
-    /// `IPS_UNTRACKED` (bit 12), which `ConntrackModel.ConntrackStatus` does not name.
-    static let untrackedStatus = ConntrackStatus(rawValue: 1 << 12)
-
     /// Rule 1, the exclusions that no delay or forced synchronization lifts: untracked
     /// conntracks and templates, and conntracks created from an ALG expectation (`EXPECTED`).
     /// `nil` when neither applies.
     public static func exclusion(of c: Conntrack) -> SyncClassification? {
-        if c.status.contains(untrackedStatus) || c.status.contains(.template) { return .untracked }
+        if c.status.contains(.untracked) || c.status.contains(.template) { return .untracked }
         if c.status.contains(.expected) { return .alg }
         return nil
     }

@@ -105,6 +105,29 @@ struct KernelSyncTests {
         await pair.shutdown()
     }
 
+    @Test("a periodic reconciliation keeps a synced TCP conntrack that left ESTABLISHED (closing) until it is destroyed")
+    func reconciliationKeepsClosingConntracks() async throws {
+        let ns = try TestNamespace("recon")
+        let dp = try KernelDataplane(vrf: "main", netnsPath: ns.path, reconcileInterval: 0.3)
+        defer { dp.stop() }
+        let deleted = Mutex(0)
+        let sub = dp.subscribe { updates in
+            let n = updates.filter { if case .delete = $0 { true } else { false } }.count
+            deleted.withLock { $0 += n }
+        }
+        defer { dp.unsubscribe(sub) }
+        let tuple = ["-p", "tcp", "-s", "10.7.0.1", "-d", "10.8.0.1", "--sport", "40100", "--dport", "443"]
+        try conntrack(ns, ["-I"] + tuple + ["--state", "ESTABLISHED", "-t", "3000", "-u", "SEEN_REPLY,ASSURED"])
+        #expect(await eventually(5) { dp.count == 1 })
+        try conntrack(ns, ["-U"] + tuple + ["--state", "FIN_WAIT"])
+        // Two reconciliations after the change: the closing conntrack is still followed.
+        let before = dp.reconciliations
+        #expect(await eventually(10) { dp.reconciliations >= before + 2 })
+        #expect(dp.count == 1 && deleted.withLock { $0 } == 0, "count \(dp.count), deletes \(deleted.withLock { $0 })")
+        try conntrack(ns, ["-D"] + tuple)
+        #expect(await eventually(5) { dp.count == 0 && deleted.withLock { $0 } == 1 })
+    }
+
     @Test("a restarted backup adopts what its kernel table holds, and the master's resync removes what went meanwhile")
     func backupRestart() async throws {
         let ns1 = try TestNamespace("rmaster")
