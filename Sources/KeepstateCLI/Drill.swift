@@ -158,6 +158,10 @@ struct Drill: ParsableCommand {
                          + (vrrpAccepted ? "." : " (this build does not accept the VRRP configuration)."))
         }
 
+        // Before any run: a missing tool must not end the drill after minutes of runs.
+        if baseline, let missing = ["keepalived", "conntrackd"].first(where: { !DrillRun.onPath($0) }) {
+            throw DrillError("--baseline needs \(missing) (apt-get install keepalived conntrackd; `make drill` installs them)")
+        }
         var runs: [DrillRunReport] = []
         var index = 0
         for l in loose.values {
@@ -309,8 +313,7 @@ struct DrillRun {
                 reply = try ControlClient.send(ControlRequest(command: .setState, group: DrillConfig.group, state: s), socketPath: socket,
                                                timeout: .seconds(60))
             } catch {
-                throw DrillError("set-state \(s) on \(spec.name): \(error) (the daemon closes a control connection idle for 10 s: "
-                                 + "did the state change take longer?)")
+                throw DrillError("set-state \(s) on \(spec.name): \(error) (no answer within 60 s; see the daemon's log)")
             }
             guard reply.ok else { throw DrillError("set-state \(s) on \(spec.name): \(reply.error ?? "refused")") }
         }
@@ -392,9 +395,10 @@ struct DrillRun {
                 throw DrillError("the daemon does not report the VRRP sync group `\(DrillConfig.group)`: this build does not run VRRP "
                                  + "(`--ha static` runs the drill without it, for development)")
             }
-            guard waitFor(15, { r1.group()?.state == "master" && r2.group()?.state == "backup" && topo.hasVIPs(topo.r1) }) else {
+            let r1HasVIPs = try topo.vipWatcher(topo.r1)
+            guard waitFor(15, { r1HasVIPs() && r1.group()?.state == "master" && r2.group()?.state == "backup" }) else {
                 throw DrillError("VRRP did not elect r1 master with the addresses within 15 s (r1 \(r1.group()?.state ?? "?"), "
-                                 + "r2 \(r2.group()?.state ?? "?"), r1 has the addresses: \(topo.hasVIPs(topo.r1)))")
+                                 + "r2 \(r2.group()?.state ?? "?"), r1 has the addresses: \(r1HasVIPs()))")
             }
         }
         say("r1 master, r2 backup")
@@ -432,10 +436,10 @@ struct DrillRun {
         report.backupHeld = r2.state()?.vrfs.first?.held
 
         dumpFlows(topo, "before-failure")
-        let survivorHasVIPs = topo.vipWatcher(topo.r2)
+        let survivorHasVIPs = try topo.vipWatcher(topo.r2)
         // The failure. Power loss: everything on r1 stops, its links go down at once, then its
         // processes are killed. Links: only the links go down.
-        let frozen = drill.failure == .power ? topo.freeze(topo.r1) : []
+        let frozen = drill.failure == .power ? try topo.freeze(topo.r1) : []
         let failure = try topo.linksDown(topo.r1)
         client.send("mark \(failure)")
         topo.killAll(frozen)
@@ -447,7 +451,7 @@ struct DrillRun {
             report.survivorMasterSeconds = DrillAnalysis.seconds(monotonicNanoseconds() - failure)
             try topo.addVIPs(topo.r2)
             topo.flushNeighbours()
-            topo.removeVIPs(topo.r1)
+            try topo.removeVIPs(topo.r1)
         case .vrrp:
             report.survivorMasterSeconds = timeTakeover(since: failure, survivorHasVIPs)
         }
@@ -464,8 +468,8 @@ struct DrillRun {
             switch drill.failure {
             case .power:
                 // The return of a machine that lost power: empty table, no addresses, links up, daemon started.
-                topo.flushConntrack(topo.r1)
-                topo.removeVIPs(topo.r1)
+                try topo.flushConntrack(topo.r1)
+                try topo.removeVIPs(topo.r1)
                 returned = monotonicNanoseconds()
                 try topo.linksUp(topo.r1)
                 client.send("mark \(returned)")
@@ -476,7 +480,7 @@ struct DrillRun {
                 // no election: the drill makes r1 backup first, as an operator would.
                 if drill.ha == .static {
                     try r1.setState("backup")
-                    topo.removeVIPs(topo.r1)
+                    try topo.removeVIPs(topo.r1)
                 }
                 returned = monotonicNanoseconds()
                 try topo.linksUp(topo.r1)
@@ -484,7 +488,8 @@ struct DrillRun {
                 say("r1 back: links up")
             }
             back = returned
-            let table = { r2.state()?.vrfs.first?.conntracks ?? 0 }
+            // nil when r2 does not answer: a poll without it compares nothing.
+            let table = { r2.state()?.vrfs.first?.conntracks }
             var resync: Double?
             var preemptAt: Double?
             var heldAtPreempt: Int?
@@ -493,7 +498,7 @@ struct DrillRun {
             _ = waitFor(wait, every: 0.02) {
                 // The survivor's table first: read after r1's state, it could count conntracks
                 // made after r1 became master (the sync connections it opens as master).
-                let survivor = table()
+                guard let survivor = table() else { return false }
                 let s = r1.state()
                 let held = s?.vrfs.first?.held ?? 0
                 let t = DrillAnalysis.seconds(monotonicNanoseconds() - returned)
@@ -518,7 +523,7 @@ struct DrillRun {
                 heldAtPreempt = r1.state()?.vrfs.first?.held
                 try r1.setState("master")
                 preemptAt = DrillAnalysis.seconds(monotonicNanoseconds() - returned)
-                topo.removeVIPs(topo.r2)
+                try topo.removeVIPs(topo.r2)
                 try topo.addVIPs(topo.r1)
                 topo.flushNeighbours()
             }
@@ -532,7 +537,7 @@ struct DrillRun {
                 }
                 usleep(500_000)
             }
-            failbackPartial = (resync, r1.state()?.vrfs.first?.held ?? 0, table(), preemptAt != nil, preemptAt, heldAtPreempt, survivorAtPreempt)
+            failbackPartial = (resync, r1.state()?.vrfs.first?.held ?? 0, table() ?? 0, preemptAt != nil, preemptAt, heldAtPreempt, survivorAtPreempt)
             dumpFlows(topo, "after-failback")
         }
 

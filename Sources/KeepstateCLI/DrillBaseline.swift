@@ -141,9 +141,6 @@ extension DrillRun {
     func playBaseline() throws -> DrillRunReport {
         var report = DrillRunReport(name: name, sync: false, loose: loose)
         report.baseline = true
-        guard Self.onPath("conntrackd"), Self.onPath("keepalived") else {
-            throw DrillError("--baseline needs keepalived and conntrackd (apt-get install keepalived conntrackd; `make drill` installs them)")
-        }
         let topo = DrillTopology(tag: tag)
         defer { topo.destroy() }
         var r1 = baselineRouter(topo.r1)
@@ -160,7 +157,8 @@ extension DrillRun {
         try writeBaselineFiles(r2, peer: topo.r1)
         try startBaselineDaemons(&r1)
         try startBaselineDaemons(&r2)
-        guard waitFor(15, { topo.hasVIPs(topo.r1) && !topo.hasVIPs(topo.r2) }) else {
+        let (r1HasVIPs, r2HasVIPs) = (try topo.vipWatcher(topo.r1), try topo.vipWatcher(topo.r2))
+        guard waitFor(15, { r1HasVIPs() && !r2HasVIPs() }) else {
             throw DrillError("keepalived did not elect r1 master with the addresses within 15 s (see \(r1.base)-keepalived.log)")
         }
         say("r1 master, r2 backup (keepalived)")
@@ -184,15 +182,14 @@ extension DrillRun {
         dumpFlows(topo, "before-failure")
 
         // The failure, as in the other runs: r1's processes frozen, its links down, the processes killed.
-        let survivorHasVIPs = topo.vipWatcher(topo.r2)
-        let frozen = topo.freeze(topo.r1)
+        let frozen = try topo.freeze(topo.r1)
         let failure = try topo.linksDown(topo.r1)
         client.send("mark \(failure)")
         topo.killAll(frozen)
         r1.keepalived?.kill()
         r1.conntrackd?.kill()
         say("r1 failed: links down, keepalived and conntrackd killed")
-        report.survivorMasterSeconds = timeTakeover(since: failure, survivorHasVIPs)
+        report.survivorMasterSeconds = timeTakeover(since: failure, r2HasVIPs)
         say("r2 has the addresses after \(DrillAnalysis.fmt(report.survivorMasterSeconds)) s")
         watchFlows(client, since: failure)
         // The commit's duration, from the survivor's notify script (it may still be running).

@@ -278,10 +278,10 @@ enum DrillAnalysis {
                                     detail: "held \(f.returnedHeld) of the survivor's \(f.survivorTable)"))
                 if f.preempted {
                     let atHeld = f.heldAtPreempt ?? 0
-                    let survivor = f.survivorTableAtPreempt ?? f.survivorTable
+                    let survivor = f.survivorTableAtPreempt
                     c.append(DrillCheck(name: "the returned router became master only with the table",
-                                        passed: atHeld >= survivor,
-                                        detail: "held \(atHeld) of the survivor's \(survivor) when it became master"))
+                                        passed: survivor.map { atHeld >= $0 } ?? false,
+                                        detail: "held \(atHeld) of the survivor's \(survivor.map(String.init) ?? "(unread)") when it became master"))
                 }
                 c.append(DrillCheck(
                     name: "no flow was lost at the failback",

@@ -146,9 +146,8 @@ final class DrillTopology {
     /// none reacts to its links going down (a VRRP daemon would send priority 0 on a link still
     /// up for a few microseconds, which a machine without power never does). Returns them, for
     /// `killAll` after the links are down.
-    func freeze(_ r: Router) -> [pid_t] {
-        guard let out = try? Shell.run(["ip", "netns", "pids", r.netns]), out.status == 0 else { return [] }
-        let pids = out.output.split(whereSeparator: \.isWhitespace).compactMap { pid_t($0) }
+    func freeze(_ r: Router) throws -> [pid_t] {
+        let pids = try Shell.must(["ip", "netns", "pids", r.netns]).split(whereSeparator: \.isWhitespace).compactMap { pid_t($0) }
         for p in pids { kill(p, SIGSTOP) }
         return pids
     }
@@ -171,24 +170,27 @@ final class DrillTopology {
         }
     }
 
-    func removeVIPs(_ r: Router) {
-        _ = try? Shell.run(["ip", "-n", r.netns, "addr", "del", "\(Self.insideVIP)/24", "dev", "in0"])
-        _ = try? Shell.run(["ip", "-n", r.netns, "addr", "del", "\(Self.outsideVIP)/24", "dev", "out0"])
+    /// Removes the virtual addresses where they are (netlink; an absent one is no error).
+    func removeVIPs(_ r: Router) throws {
+        let nl = try NetlinkRoute(netnsPath: "/run/netns/\(r.netns)")
+        for (vip, dev) in [(Self.insideVIP, "in0"), (Self.outsideVIP, "out0")] {
+            guard let a = RouteAddress(vip) else { throw DrillError("bad address \(vip)") }
+            _ = try nl.removeAddress(a, prefixLength: 24, interface: dev)
+        }
     }
 
-    func hasVIPs(_ r: Router) -> Bool {
-        guard let out = try? Shell.run(["ip", "-n", r.netns, "-4", "-o", "addr", "show"]).output else { return false }
-        return out.contains(" \(Self.insideVIP)/") && out.contains(" \(Self.outsideVIP)/")
-    }
+    /// Whether the router holds both virtual addresses (a `vipWatcher` asked once).
+    func hasVIPs(_ r: Router) throws -> Bool { try vipWatcher(r)() }
 
     /// A poller of whether the router holds both virtual addresses: one netlink socket in its
     /// namespace, a dump per call (no process started, nothing asked of the daemon, so polling
-    /// every few milliseconds at the takeover does not load the router being measured).
-    func vipWatcher(_ r: Router) -> () -> Bool {
-        let nl = try? NetlinkRoute(netnsPath: "/run/netns/\(r.netns)")
+    /// every few milliseconds at the takeover does not load the router being measured). A
+    /// failed dump counts as not holding them.
+    func vipWatcher(_ r: Router) throws -> () -> Bool {
+        let nl = try NetlinkRoute(netnsPath: "/run/netns/\(r.netns)")
         let wanted: Set<String> = [Self.insideVIP, Self.outsideVIP]
         return {
-            guard let all = try? nl?.allAddresses() else { return false }
+            guard let all = try? nl.allAddresses() else { return false }
             return wanted.isSubset(of: Set(all.map(\.address.description)))
         }
     }
@@ -201,8 +203,8 @@ final class DrillTopology {
     }
 
     /// A rebooted machine's conntrack table is empty.
-    func flushConntrack(_ r: Router) {
-        _ = try? Shell.run(["ip", "netns", "exec", r.netns, "conntrack", "-F"])
+    func flushConntrack(_ r: Router) throws {
+        try Shell.must(["ip", "netns", "exec", r.netns, "conntrack", "-F"])
     }
 
     /// The forward chain's counters of a router (invalid, established, new, policy drops).
