@@ -194,6 +194,7 @@ actor VRRPSupervisor {
                 } catch {
                     throw VRRPStartError(description: "\(where_): cannot open its VRRP sockets on \(spec.interface): \(error)")
                 }
+                let heldAtStart = await failbackHold(groups(of: spec)).behind
                 let instance = VRRPInstanceConfig(
                     vrid: spec.virtualRouterID, priority: spec.priority,
                     advertIntervalCentiseconds: spec.advertIntervalCentiseconds,
@@ -205,7 +206,10 @@ actor VRRPSupervisor {
                         if case .password(let p) = spec.authentication { return .password(Array(p.utf8)) }
                         return .none
                     }(),
-                    startsAsMaster: spec.initialState == .master)
+                    // `state MASTER` claims mastership at once, unless the failback hold-down
+                    // holds the instance (its VRFs do not have the peer's table yet): then it
+                    // starts as backup, like any other, at priority 1.
+                    startsAsMaster: spec.initialState == .master && !heldAtStart)
                 let globals = config.vrrpGlobals
                 let gratuitous = VRRPGratuitousConfiguration(
                     masterDelay: .seconds(spec.garp.masterDelay), masterRepeat: spec.garp.masterRepeat,
@@ -256,8 +260,11 @@ actor VRRPSupervisor {
     }
 
     private func run() async {
-        // A node that starts behind its peer's table starts with its priority held down.
+        // Before any runner starts: a node behind its peer's table starts with its priority
+        // held down, and one whose tracking fails starts in FAULT (a `state MASTER` instance
+        // would otherwise be master, addresses and all, for a moment).
         for name in members.keys.sorted() { await updateHold(name) }
+        await reevaluateAll()
         for (name, m) in members.sorted(by: { $0.key < $1.key }) {
             let runner = m.runner
             stateTasks.append(Task { [weak self] in

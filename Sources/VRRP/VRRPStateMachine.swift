@@ -148,6 +148,8 @@ public struct VRRPInstanceState: Sendable, Equatable {
     /// Until this instant (keepalived preempt_delay) a lower-priority master is not preempted.
     public private(set) var preemptDelayUntil: VRRPInstant?
     public private(set) var linkIsUp: Bool = true
+    /// Why the instance is (or, from Initialize, will be) in Fault.
+    private var faultReason: VRRPTransitionReason = .linkDown
 
     public init(config: VRRPInstanceConfig) {
         self.config = config
@@ -316,6 +318,7 @@ public struct VRRPInstanceState: Sendable, Equatable {
     /// FAULT): as `linkDown`, with the reason given.
     public mutating func enterFault(_ reason: VRRPTransitionReason, now: VRRPInstant) -> [VRRPAction] {
         linkIsUp = false
+        faultReason = reason
         let previous = state
         switch previous {
         case .initialize, .fault:
@@ -368,7 +371,7 @@ public struct VRRPInstanceState: Sendable, Equatable {
     private mutating func enterFromInitialize(now: VRRPInstant, reason: VRRPTransitionReason) -> [VRRPAction] {
         if !linkIsUp {
             state = .fault
-            return [.enterFault(.linkDown)]
+            return [.enterFault(faultReason)]
         }
         masterAdverIntervalCentiseconds = config.advertIntervalCentiseconds
         preemptDelayUntil = config.preemptDelay > .zero ? now + config.preemptDelay : nil

@@ -120,8 +120,9 @@ public actor VRRPRunner {
     }
 
     /// Tracking changed the effective priority (track_script / track_interface weights).
+    /// Before `start`, it sets the priority the instance starts with.
     public func setPriority(_ priority: UInt8) {
-        guard phase == .running else { return }
+        guard phase == .created || phase == .running else { return }
         apply(machine.setPriority(priority, now: now()))
     }
 
@@ -138,14 +139,15 @@ public actor VRRPRunner {
     }
 
     /// Tracking failed (`why` is logged as the reason): Fault, addresses removed if master.
+    /// Before `start`, the instance starts in Fault.
     public func enterFault(_ why: String) {
-        guard phase == .running else { return }
+        guard phase == .created || phase == .running else { return }
         apply(machine.enterFault(.tracking(why), now: now()))
     }
 
     /// Tracking recovered: Initialize, then Backup (or Master for the owner).
     public func leaveFault() {
-        guard phase == .running else { return }
+        guard phase == .created || phase == .running else { return }
         apply(machine.leaveFault(.trackingRecovered, now: now()))
     }
 

@@ -136,6 +136,25 @@ import VRRPNet
         await f.close()
     }
 
+    @Test func faultAndPriorityToldBeforeStartAreWhereItStarts() async throws {
+        // The owner (255) would be master at once; a fault told before start keeps it out.
+        let f = Fixture(priority: 255)
+        await f.runner.enterFault("tracked interface trk0 is down")
+        await f.runner.start()
+        await f.runner.waitUntilIdle()
+        #expect(await f.runner.state == .fault)
+        #expect(await f.runner.statistics.lastTransition?.reason == .tracking("tracked interface trk0 is down"))
+        #expect(!f.log.all.contains { $0.hasPrefix("add:") || $0.hasPrefix("advert:") }, "\(f.log.all)")
+        await f.close()
+        // A priority told before start is the one it starts with.
+        let g = Fixture(priority: 100)
+        await g.runner.setPriority(1)
+        await g.runner.start()
+        await g.runner.waitUntilIdle()
+        #expect(await g.runner.instance.priority == 1)
+        await g.close()
+    }
+
     @Test func linkDownEntersFaultAndLinkUpReturnsToBackup() async throws {
         let f = Fixture(priority: 255)
         await f.runner.start()
