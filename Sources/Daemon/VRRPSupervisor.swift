@@ -105,8 +105,11 @@ actor VRRPSupervisor {
         var priority: UInt8
         /// Fault from its own tracking (passed on to its sync group).
         var ownFault: String?
-        /// The fault told to the runner (own or the group's).
+        /// The fault the runner must be in (own or the group's).
         var fault: String?
+        /// What the runner was last told (`push`).
+        var toldPriority: UInt8
+        var toldFault: String?
         /// The failback hold-down (priority 1 while held).
         var hold = FailbackHoldState()
     }
@@ -138,6 +141,8 @@ actor VRRPSupervisor {
     /// The `vrrp_script` loops (cancelled at shutdown).
     private var scriptTasks: [Task<Void, Never>] = []
     private var linkThread: LinkThread?
+    /// The consumer of the link thread's changes (in order).
+    private var linkChanges: Task<Void, Never>?
     private var stopped = false
 
     private init(config: KeepstateConfig, logger: Logger, drive: @escaping @Sendable ([String: SyncRole]) async -> Void,
@@ -194,7 +199,7 @@ actor VRRPSupervisor {
                 } catch {
                     throw VRRPStartError(description: "\(where_): cannot open its VRRP sockets on \(spec.interface): \(error)")
                 }
-                let heldAtStart = await failbackHold(groups(of: spec)).behind
+                let heldAtStart = await failbackHold(holdGroups(of: spec)).behind
                 let instance = VRRPInstanceConfig(
                     vrid: spec.virtualRouterID, priority: spec.priority,
                     advertIntervalCentiseconds: spec.advertIntervalCentiseconds,
@@ -219,13 +224,13 @@ actor VRRPSupervisor {
                     name: spec.name, instance: instance, interface: spec.interface,
                     checksumMode: spec.v3ChecksumAsV2 ? .messageOnly : .withPseudoHeader,
                     gratuitous: gratuitous, checkUnicastSource: spec.checkUnicastSource)
-                let groups = [spec.name] + (spec.syncGroup.map { [$0] } ?? [])
+                let groups = groups(of: spec)
                 let runner = VRRPRunner(
                     configuration: runnerConfig, transport: endpoint.transport, announcer: endpoint.announcer,
                     addressManager: NetlinkVirtualAddresses(route: route, specs: spec.virtualAddresses + spec.excludedAddresses),
                     hooks: DaemonVRRPHooks(groups: groups, willBecomeMaster: willBecomeMaster),
                     eventLoop: eventLoop, logger: logger)
-                opened.append(Member(spec: spec, runner: runner, endpoint: endpoint, priority: spec.priority))
+                opened.append(Member(spec: spec, runner: runner, endpoint: endpoint, priority: spec.priority, toldPriority: spec.priority))
             }
         } catch {
             for m in opened { await m.endpoint.close() }
@@ -245,12 +250,19 @@ actor VRRPSupervisor {
             checks[script.name] = ScriptCheck(rise: script.rise, fall: script.fall, initiallyOK: !script.initFail)
             scriptOK[script.name] = !script.initFail
         }
-        linkThread = try? LinkThread(names: names) { [weak self] changes in
-            guard let self else { return }
-            Task { await self.linksChanged(changes) }
+        // One stream, one consumer: link changes are applied in the order the kernel told them
+        // (a task per batch could apply a quick down-up as up-down).
+        let (stream, continuation) = AsyncStream.makeStream(of: [String: Bool].self)
+        do {
+            linkThread = try LinkThread(names: names) { changes in continuation.yield(changes) }
+        } catch {
+            logger.warning("VRRP: cannot watch links; track_interface and the instances' own interfaces are read at start only",
+                           metadata: ["error": "\(error)"])
         }
-        if linkThread == nil {
-            logger.warning("VRRP: cannot watch links; track_interface and the instances' own interfaces are read at start only")
+        linkChanges = Task { [weak self] in
+            for await changes in stream {
+                await self?.linksChanged(changes)
+            }
         }
     }
 
@@ -303,6 +315,13 @@ actor VRRPSupervisor {
         [spec.name] + (spec.syncGroup.map { [$0] } ?? [])
     }
 
+    /// The groups whose VRFs become master when the instance does: its own, its sync group's,
+    /// and the other members' (a sync group moves together). The failback hold-down waits for
+    /// all of them.
+    private func holdGroups(of spec: VRRPInstanceSpec) -> [String] {
+        groups(of: spec) + (spec.syncGroup.flatMap { config.vrrpSyncGroup(named: $0)?.members } ?? []).filter { $0 != spec.name }
+    }
+
     private func holdTick() async {
         for name in members.keys.sorted() where await updateHold(name) { await reevaluate(name) }
     }
@@ -313,7 +332,7 @@ actor VRRPSupervisor {
     @discardableResult
     private func updateHold(_ name: String) async -> Bool {
         guard !stopped, let spec = members[name]?.spec, !spec.isAddressOwner else { return false }
-        let hold = await failbackHold(groups(of: spec))
+        let hold = await failbackHold(holdGroups(of: spec))
         guard var m = members[name] else { return false }
         let wasHeld = m.hold.isHeld
         let event = m.hold.update(now: ContinuousClock.now, hold: hold, settle: Self.masterSettle(spec))
@@ -390,13 +409,27 @@ actor VRRPSupervisor {
                 "group": "\(name)", "from": "\(before.priority)", "to": "\(m.priority)",
                 "why": "\(m.hold.isHeld ? "failback hold-down" : "tracking")",
             ])
-            await m.runner.setPriority(m.priority)
         }
-        if m.fault != before.fault {
-            if let why = m.fault {
-                await m.runner.enterFault(why)
+        await push(name)
+    }
+
+    /// Tells the runner the member's current priority and fault until what it was told is
+    /// what the member holds: a reevaluation that ran during an await here is not undone by
+    /// this one's older values (each value is marked told before the await that tells it).
+    private func push(_ name: String) async {
+        while !stopped, let m = members[name] {
+            if m.priority != m.toldPriority {
+                members[name]?.toldPriority = m.priority
+                await m.runner.setPriority(m.priority)
+            } else if m.fault != m.toldFault {
+                members[name]?.toldFault = m.fault
+                if let why = m.fault {
+                    await m.runner.enterFault(why)
+                } else {
+                    await m.runner.leaveFault()
+                }
             } else {
-                await m.runner.leaveFault()
+                return
             }
         }
     }
@@ -409,7 +442,7 @@ actor VRRPSupervisor {
         members[name] = m
         let spec = m.spec
         // Before the VRFs follow the new state: whether a master peer is sending its table.
-        let hold = await failbackHold(groups(of: spec))
+        let hold = await failbackHold(holdGroups(of: spec))
         members[name]?.hold.stateChanged(toMaster: change.to == .master, now: ContinuousClock.now, hold: hold)
         // The HA groups: the instance's own, and its sync group's (master while a member is).
         var roles: [String: SyncRole] = [name: change.to == .master ? .master : .backup]
@@ -499,6 +532,8 @@ actor VRRPSupervisor {
         stopped = true
         linkThread?.stop()
         linkThread = nil
+        linkChanges?.cancel()
+        linkChanges = nil
         for t in scriptTasks { t.cancel() }
         scriptTasks = []
         for m in members.values { await m.runner.shutdown() }
@@ -526,10 +561,18 @@ final class LinkThread: Sendable {
         let stopping = self.stopping
         let worker = Thread {
             while !stopping.isSet {
-                guard (try? watcher.wait(timeoutMilliseconds: 250)) == true else { continue }
-                guard let events = try? watcher.readEvents() else { continue }
-                var changes: [String: Bool] = [:]
+                var events: [RouteEvent] = []
                 var overrun = false
+                do {
+                    guard try watcher.wait(timeoutMilliseconds: 250) else { continue }
+                    events = try watcher.readEvents()
+                } catch {
+                    // Events may be lost: pause (no spinning on a broken socket), then read
+                    // every watched link again.
+                    usleep(100_000)
+                    overrun = true
+                }
+                var changes: [String: Bool] = [:]
                 for e in events {
                     switch e {
                     case .link(let info) where names.contains(info.name):
