@@ -172,13 +172,16 @@ public actor KeepstateDaemon {
     }
 
     /// Moves every VRF listening to `group` to its role.
+    /// The group's role is read again for each VRF: a change made while one VRF waited for its
+    /// takeover is what the next ones get (and the waiting one yields to it, `setRole`).
     private func apply(group name: String) async {
-        guard let g = groups[name] else { return }
-        for v in vrfs.values where groupName(of: v.config) == name && v.role != g.effective {
+        for v in vrfs.values where groupName(of: v.config) == name {
+            guard let want = groups[name]?.effective, v.targetRole != want else { continue }
             let from = v.role
-            await v.setRole(g.effective)
+            await v.setRole(want)
+            guard v.role == want else { continue }
             logger.notice("VRF role changed", metadata: [
-                "vrf": "\(v.config.name)", "group": "\(name)", "from": "\(from.rawValue)", "to": "\(g.effective.rawValue)",
+                "vrf": "\(v.config.name)", "group": "\(name)", "from": "\(from.rawValue)", "to": "\(want.rawValue)",
                 "takeover": "\(v.lastTakeover.map { "\($0)" } ?? "-")",
             ])
         }

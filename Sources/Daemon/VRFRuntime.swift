@@ -124,14 +124,24 @@ final class VRFRuntime {
         return took
     }
 
+    /// Moves to `new`. A call made while another waits in `prepareMaster` wins: the waiting one
+    /// then returns without changing the role.
     nonisolated(nonsending) func setRole(_ new: SyncRole) async {
-        guard new != role else { return }
+        guard new != targetRole else { return }
+        pendingRole = new
         if new == .master { _ = await prepareMaster() }
+        guard pendingRole == new else { return }
+        pendingRole = nil
         role = new
         guard let engine else { return }
         engine.setRole(new)
         if new == .master { engine.rearmAfterTakeover() }
     }
+
+    /// The role a `setRole` in progress moves to, if any.
+    private var pendingRole: SyncRole?
+    /// The role this VRF has or is moving to.
+    var targetRole: SyncRole { pendingRole ?? role }
 
     /// Whether this VRF, as backup, holds a completed resync from its peer (true without sync).
     var resyncedFromPeer: Bool { engine?.resyncedFromPeer ?? true }
