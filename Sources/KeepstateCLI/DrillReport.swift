@@ -82,7 +82,8 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
     public var syncSeconds: Double?
     /// Background conntracks the kernel refused (a few may be: ENOSPC on a long hash chain).
     public var backgroundRefused: Int?
-    /// VRRP: seconds from the links going down until the survivor's group was master.
+    /// VRRP and the baseline: seconds from the links going down until the survivor held both
+    /// virtual addresses (netlink, polled every 2 ms).
     /// Static: until `set-state master` on the survivor returned (before the addresses moved).
     public var survivorMasterSeconds: Double?
     /// The survivor daemon's own figure: takeover decision to every held conntrack forwardable.
@@ -262,7 +263,7 @@ enum DrillAnalysis {
             c.append(DrillCheck(name: "the backup held the master's table before the failure",
                                 passed: table > 0 && held >= table, detail: "held \(held) of \(table)"))
             if settings.ha == "vrrp" {
-                c.append(DrillCheck(name: "the survivor became master", passed: r.survivorMasterSeconds != nil,
+                c.append(DrillCheck(name: "the survivor took the virtual addresses", passed: r.survivorMasterSeconds != nil,
                                     detail: r.survivorMasterSeconds.map { String(format: "after %.3f s", $0) } ?? "never"))
             }
             c.append(DrillCheck(name: "no TCP flow was reset at the failover", passed: r.tcp.reset == 0,

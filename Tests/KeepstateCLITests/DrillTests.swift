@@ -99,8 +99,28 @@ struct DrillTests {
             "every UDP flow answered within 3.0 s", "no TCP flow was reset at the failover", "no UDP flow was re-NATed",
         ])
         run.checks = checks
-        let table = DrillAnalysis.table(DrillReport(settings: settings, runs: [run], notes: [], passed: false))
-        #expect(table.contains("TCP survived") && table.contains("1/2") && table.contains("FAIL"))
+        #expect(!run.passed)
+        let table = DrillAnalysis.table(DrillReport(settings: settings, runs: [run], notes: [], passed: run.passed))
+        let rows = table.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ") }
+        #expect(rows.contains("TCP survived 1/2"), "\(table)")
+        #expect(rows.contains("TCP reset 1") && rows.contains("UDP re-NATed 1") && rows.contains("expectations FAIL"), "\(table)")
+
+        // The failback: the returned router must hold the survivor's table as read at its
+        // preemption; an unread survivor table fails the check rather than passing it.
+        func failback(held: Int, survivorAtPreempt: Int?) -> [DrillCheck] {
+            var r = DrillRunReport(name: "sync loose=1", sync: true, loose: 1)
+            r.masterTable = 10
+            r.backupHeld = 10
+            r.tcp = DrillFlowSummary(total: 1, survived: 1)
+            r.udp = DrillFlowSummary(total: 1, survived: 1)
+            r.failback = DrillFailback(resyncSeconds: 1, returnedHeld: held, survivorTable: 20, preempted: true, preemptSeconds: 2,
+                                       heldAtPreempt: held, survivorTableAtPreempt: survivorAtPreempt,
+                                       tcp: DrillFlowSummary(total: 1, survived: 1), udp: DrillFlowSummary(total: 1, survived: 1))
+            return DrillAnalysis.checks(r, settings: settings).filter { !$0.passed }
+        }
+        #expect(failback(held: 12, survivorAtPreempt: 12).isEmpty)
+        #expect(failback(held: 11, survivorAtPreempt: 12).map(\.name) == ["the returned router became master only with the table"])
+        #expect(failback(held: 12, survivorAtPreempt: nil).map(\.name) == ["the returned router became master only with the table"])
     }
 
     /// The small drill of issue 7: 100 TCP and 20 UDP flows, 10,000 background conntracks, the
