@@ -10,6 +10,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -411,8 +412,13 @@ int ks_ct_get(struct nfct_handle *h, const ks_ct *keys, int count, uint32_t seq_
     for (int i = 0; i < count; i++) errors[i] = ETIMEDOUT;
     // Answers left from an earlier call that gave up waiting are not ours.
     while (recv(fd, in, 1 << 16, MSG_DONTWAIT) > 0) {}
-    int found = 0, failed = 0, e = 0;
-    for (int start = 0; start < count && !failed; start += CHUNK) {
+    int found = 0, failed = 0, e = 0, gaveUp = 0;
+    // One deadline for the whole call (1 s): a kernel that stops answering costs the caller at
+    // most that, not a second per chunk; keys not asked or not answered stay ETIMEDOUT.
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += 1;
+    for (int start = 0; start < count && !failed && !gaveUp; start += CHUNK) {
         int n = count - start < CHUNK ? count - start : CHUNK;
         size_t used = 0;
         for (int i = start; i < start + n; i++) {
@@ -437,9 +443,13 @@ int ks_ct_get(struct nfct_handle *h, const ks_ct *keys, int count, uint32_t seq_
         if (sendto(fd, out, used, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) { failed = 1; e = errno; break; }
         int answered = 0;
         while (answered < n) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            long left = (long)(deadline.tv_sec - now.tv_sec) * 1000 + (deadline.tv_nsec - now.tv_nsec) / 1000000;
+            if (left <= 0) { gaveUp = 1; break; }   // the rest stay ETIMEDOUT
             struct pollfd p = { .fd = fd, .events = POLLIN };
-            int r = poll(&p, 1, 1000);
-            if (r == 0) break;   // the rest stay ETIMEDOUT
+            int r = poll(&p, 1, (int)left);
+            if (r == 0) { gaveUp = 1; break; }
             if (r < 0) { if (errno == EINTR) continue; failed = 1; e = errno; break; }
             ssize_t len = recv(fd, in, 1 << 16, MSG_DONTWAIT);
             if (len < 0) {
@@ -452,7 +462,9 @@ int ks_ct_get(struct nfct_handle *h, const ks_ct *keys, int count, uint32_t seq_
                 if (idx < (uint32_t)start || idx >= (uint32_t)(start + n) || errors[idx] != ETIMEDOUT) continue;
                 if (nlh->nlmsg_type == NLMSG_ERROR) {
                     struct nlmsgerr *err = NLMSG_DATA(nlh);
-                    errors[idx] = err->error == 0 ? ENOENT : -err->error;
+                    // No NLM_F_ACK is asked, so an error 0 (an ACK) is no answer about the key.
+                    if (err->error == 0) continue;
+                    errors[idx] = -err->error;
                     answered++;
                 } else if ((nlh->nlmsg_type & 0xFF) == IPCTNL_MSG_CT_NEW) {
                     struct nf_conntrack *ct = nfct_new();

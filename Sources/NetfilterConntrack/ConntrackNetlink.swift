@@ -135,7 +135,7 @@ public final class ConntrackNetlink: @unchecked Sendable {
 
     /// Reads the conntracks `keys` name, with batched get requests (no dump): those found (in
     /// no particular order), and the keys the kernel reported gone (ENOENT). A key in neither
-    /// was not answered (within a second) or refused. Use a socket of its own for this (one
+    /// was not answered (one second for the whole call) or refused. Use a socket of its own for this (one
     /// opened without events, used for nothing else).
     public func get(_ keys: [ConntrackKey]) throws(NetfilterError) -> (found: [Conntrack], gone: [ConntrackKey]) {
         guard !keys.isEmpty else { return ([], []) }

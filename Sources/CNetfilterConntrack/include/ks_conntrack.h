@@ -60,8 +60,9 @@ int ks_ct_set_nonblocking(struct nfct_handle *h);
 /// Reads the conntracks whose original tuples (and zones) `keys` name, with batched
 /// IPCTNL_MSG_CT_GET requests (up to 128 in flight), without dumping the table. Found ones go
 /// to `sink` (event KS_EVENT_NEW); `errors` (count slots) receives each key's errno: 0 found,
-/// ENOENT gone, ETIMEDOUT when no answer came within a second. Requests are numbered from
-/// `seq_base`, so that a late answer to an earlier call is recognised and skipped. Returns the
+/// ENOENT gone, ETIMEDOUT when no answer came within the call's one-second deadline (for the
+/// whole call, not each chunk: keys not asked by then stay ETIMEDOUT). Requests are numbered
+/// from `seq_base`, so that a late answer to an earlier call is recognised and skipped. Returns the
 /// number found, or -1 with errno when the socket failed. Use a socket of its own
 /// (`ks_ct_open(path, 0)`): it reads one answer per message.
 int ks_ct_get(struct nfct_handle *h, const ks_ct *keys, int count, uint32_t seq_base, ks_ct_sink sink, void *context,
