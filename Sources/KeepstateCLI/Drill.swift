@@ -439,6 +439,9 @@ struct DrillRun {
         let survivorHasVIPs = try topo.vipWatcher(topo.r2)
         // The failure. Power loss: everything on r1 stops, its links go down at once, then its
         // processes are killed. Links: only the links go down.
+        let rtos = topo.clientRTOs()
+        report.clientRTOMedianMs = DrillAnalysis.median(rtos)
+        report.clientRTOMaxMs = rtos.max()
         let frozen = drill.failure == .power ? try topo.freeze(topo.r1) : []
         let failure = try topo.linksDown(topo.r1)
         client.send("mark \(failure)")
@@ -503,8 +506,11 @@ struct DrillRun {
                 let held = s?.vrfs.first?.held ?? 0
                 let t = DrillAnalysis.seconds(monotonicNanoseconds() - returned)
                 // Resynced: held, and written to r1's kernel table (its hold queue empty).
-                if resync == nil, held > 0, held >= survivor, s?.vrfs.first?.holdQueue == 0 { resync = t }
-                if drill.ha == .vrrp, preemptAt == nil, s?.groups.first(where: { $0.name == DrillConfig.group })?.state == "master" {
+                let master = s?.groups.first(where: { $0.name == DrillConfig.group })?.state == "master"
+                if resync == nil, DrillAnalysis.resynced(held: held, survivor: survivor, holdQueue: s?.vrfs.first?.holdQueue, master: master) {
+                    resync = t
+                }
+                if drill.ha == .vrrp, preemptAt == nil, master {
                     preemptAt = t
                     heldAtPreempt = held
                     survivorAtPreempt = survivor

@@ -182,6 +182,9 @@ extension DrillRun {
         dumpFlows(topo, "before-failure")
 
         // The failure, as in the other runs: r1's processes frozen, its links down, the processes killed.
+        let rtos = topo.clientRTOs()
+        report.clientRTOMedianMs = DrillAnalysis.median(rtos)
+        report.clientRTOMaxMs = rtos.max()
         let frozen = try topo.freeze(topo.r1)
         let failure = try topo.linksDown(topo.r1)
         client.send("mark \(failure)")

@@ -90,6 +90,10 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
     public var daemonTakeoverSeconds: Double?
     /// Seconds from the failure until the last flow's first reply (nil: not every flow answered).
     public var allAnsweredSeconds: Double?
+    /// The clients' TCP retransmission timeouts just before the failure (ms, median and maximum,
+    /// from `ss -ti`): a surviving flow's stall is set by them once the takeover is done.
+    public var clientRTOMedianMs: Double?
+    public var clientRTOMaxMs: Double?
     public var tcp: DrillFlowSummary
     public var udp: DrillFlowSummary
     public var failback: DrillFailback?
@@ -100,7 +104,7 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case name, sync, loose, baseline, commitSeconds, masterTable, backupHeld, fillSeconds, syncSeconds, backgroundRefused, survivorMasterSeconds,
-             daemonTakeoverSeconds, allAnsweredSeconds, tcp, udp, failback, survivorCounters, checks, passed
+             daemonTakeoverSeconds, allAnsweredSeconds, clientRTOMedianMs, clientRTOMaxMs, tcp, udp, failback, survivorCounters, checks, passed
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -118,6 +122,8 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
         try c.encodeIfPresent(survivorMasterSeconds, forKey: .survivorMasterSeconds)
         try c.encodeIfPresent(daemonTakeoverSeconds, forKey: .daemonTakeoverSeconds)
         try c.encodeIfPresent(allAnsweredSeconds, forKey: .allAnsweredSeconds)
+        try c.encodeIfPresent(clientRTOMedianMs, forKey: .clientRTOMedianMs)
+        try c.encodeIfPresent(clientRTOMaxMs, forKey: .clientRTOMaxMs)
         try c.encode(tcp, forKey: .tcp)
         try c.encode(udp, forKey: .udp)
         try c.encodeIfPresent(failback, forKey: .failback)
@@ -141,6 +147,8 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
         survivorMasterSeconds = try c.decodeIfPresent(Double.self, forKey: .survivorMasterSeconds)
         daemonTakeoverSeconds = try c.decodeIfPresent(Double.self, forKey: .daemonTakeoverSeconds)
         allAnsweredSeconds = try c.decodeIfPresent(Double.self, forKey: .allAnsweredSeconds)
+        clientRTOMedianMs = try c.decodeIfPresent(Double.self, forKey: .clientRTOMedianMs)
+        clientRTOMaxMs = try c.decodeIfPresent(Double.self, forKey: .clientRTOMaxMs)
         tcp = try c.decode(DrillFlowSummary.self, forKey: .tcp)
         udp = try c.decode(DrillFlowSummary.self, forKey: .udp)
         failback = try c.decodeIfPresent(DrillFailback.self, forKey: .failback)
@@ -175,6 +183,21 @@ enum DrillAnalysis {
         guard !xs.isEmpty else { return nil }
         let s = xs.sorted()
         return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+    }
+
+    /// Whether the returned router has resynced: it holds at least the survivor's table and has
+    /// written it to its kernel table (hold queue empty). Once it is master the queue may hold
+    /// the survivor's last updates as it takes over; the failback hold released mastership only
+    /// after the resync was written, so mastership with the table counts as resynced.
+    static func resynced(held: Int, survivor: Int, holdQueue: Int?, master: Bool) -> Bool {
+        held > 0 && held >= survivor && (holdQueue == 0 || master)
+    }
+
+    /// The `rto:` values (ms) of `ss -ti` output, one per connection.
+    static func rtos(fromSS text: String) -> [Double] {
+        text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).compactMap { word in
+            word.hasPrefix("rto:") ? Double(word.dropFirst(4)) : nil
+        }
     }
 
     /// The flows around the failure (mark 0 at `failure`), up to `windowEnd`.
@@ -331,6 +354,8 @@ enum DrillAnalysis {
         rows.append(("TCP reset", runs.map { "\($0.tcp.reset)" }))
         rows.append(("TCP stalled > bound or silent", runs.map { "\($0.tcp.stalled)" }))
         rows.append(("TCP stall median / max (s)", runs.map { "\(f($0.tcp.stallMedian)) / \(f($0.tcp.stallMax))" }))
+        rows.append(("client TCP RTO at failure, median / max (ms)",
+                     runs.map { r in r.clientRTOMedianMs.map { "\(Int($0.rounded())) / \(Int((r.clientRTOMaxMs ?? $0).rounded()))" } ?? "-" }))
         rows.append(("UDP survived (same NAT port)", runs.map { "\($0.udp.survived)/\($0.udp.total)" }))
         rows.append(("UDP re-NATed", runs.map { "\($0.udp.reNATed)" }))
         rows.append(("UDP stall median / max (s)", runs.map { "\(f($0.udp.stallMedian)) / \(f($0.udp.stallMax))" }))

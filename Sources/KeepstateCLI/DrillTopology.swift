@@ -152,6 +152,14 @@ final class DrillTopology {
         return pids
     }
 
+    /// The retransmission timeouts (ms) of the clients' established TCP connections to the
+    /// server, read with `ss -ti` in the clients' namespace: what bounds a surviving flow's stall.
+    func clientRTOs() -> [Double] {
+        guard let out = try? Shell.run(["ip", "netns", "exec", clients, "ss", "-tin", "state", "established",
+                                        "dst", Self.server]).output else { return [] }
+        return DrillAnalysis.rtos(fromSS: out)
+    }
+
     func killAll(_ pids: [pid_t]) {
         for p in pids { kill(p, SIGKILL) }
     }

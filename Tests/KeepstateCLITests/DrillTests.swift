@@ -123,6 +123,27 @@ struct DrillTests {
         #expect(failback(held: 12, survivorAtPreempt: nil).map(\.name) == ["the returned router became master only with the table"])
     }
 
+    @Test("the clients' RTOs are read from ss, and the returned router's resync is recognised")
+    func rtoAndResync() {
+        let ss = """
+            Recv-Q Send-Q Local Address:Port Peer Address:Port
+            0      0      10.0.0.2:40000     198.51.100.10:7000
+            \t cubic wscale:7,7 rto:204 rtt:1.2/0.5 ato:40 mss:1448 cwnd:10
+            0      0      10.0.0.2:40001     198.51.100.10:7000
+            \t cubic wscale:7,7 rto:208.5 rtt:3/1 mss:1448 cwnd:10 lastsnd:12 rtomin:200
+            """
+        #expect(DrillAnalysis.rtos(fromSS: ss) == [204, 208.5])
+        #expect(DrillAnalysis.rtos(fromSS: "").isEmpty)
+        #expect(DrillAnalysis.median(DrillAnalysis.rtos(fromSS: ss)) == 206.25)
+
+        #expect(DrillAnalysis.resynced(held: 10, survivor: 10, holdQueue: 0, master: false))
+        #expect(!DrillAnalysis.resynced(held: 10, survivor: 10, holdQueue: 3, master: false))
+        #expect(DrillAnalysis.resynced(held: 10, survivor: 10, holdQueue: 3, master: true))
+        #expect(!DrillAnalysis.resynced(held: 9, survivor: 10, holdQueue: 0, master: true))
+        #expect(!DrillAnalysis.resynced(held: 0, survivor: 0, holdQueue: 0, master: false))
+        #expect(!DrillAnalysis.resynced(held: 10, survivor: 10, holdQueue: nil, master: false))
+    }
+
     /// The small drill of issue 7: 100 TCP and 20 UDP flows, 10,000 background conntracks, the
     /// sync run and the control run, nf_conntrack_tcp_loose=1.
     @Test("a small drill: flows survive with the sync and die without it", .enabled(if: runningAsRoot, "needs root: network namespaces, nftables and conntrack"), .timeLimit(.minutes(3)))
