@@ -23,6 +23,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // Value types: tuples, NAT, state, the per-VRF table. No I/O.
@@ -121,15 +123,28 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        // The daemon: HA groups, VRFs (dataplane + sync engine), control socket, lifecycle.
+        // A small HTTP/1.1 server for the Prometheus endpoint: GET /metrics answers the text a
+        // closure gives, any other path 404 (SwiftNIO's NIOHTTP1).
+        .target(
+            name: "MetricsHTTP",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        // The daemon: HA groups, VRFs (dataplane + sync engine), control socket, metrics, lifecycle.
         .target(
             name: "Daemon",
             dependencies: [
                 "Config", "ConntrackModel", "Dataplane", "KernelDataplane", "SyncEngine", "SyncPolicy", "SyncProtocol",
-                "VRRP", "VRRPNet", "NetlinkRoute", "Spawn",
+                "VRRP", "VRRPNet", "NetlinkRoute", "Spawn", "MetricsHTTP",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
@@ -192,6 +207,7 @@ let package = Package(
         .testTarget(
             name: "DaemonTests",
             dependencies: ["Daemon", "Config", "Dataplane", "ConntrackModel", "SyncEngine", "SyncPolicy", "PKI", "TestSupport",
+                           "MetricsHTTP",
                            .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),

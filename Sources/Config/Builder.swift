@@ -98,6 +98,56 @@ struct Builder {
         return nil
     }
 
+    /// `ADDRESS:PORT`: an IPv4 address, or an IPv6 address in brackets, and a port in 1...65535.
+    mutating func listenEndpoint(_ st: Statement) -> ListenEndpoint? {
+        guard let t = st.arg else { return nil }
+        let expected = "expected ADDRESS:PORT with an IPv4 address or an IPv6 address in brackets and a port in 1...65535 (127.0.0.1:9469, [::1]:9469)"
+        let text = t.text
+        var host = "", portText = ""
+        var bracketed = false
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
+                error(t, "invalid value \(t.display) for '\(st.name)'; \(expected)")
+                return nil
+            }
+            bracketed = true
+            host = String(text[text.index(after: text.startIndex)..<close])
+            portText = String(text[text.index(close, offsetBy: 2)...])
+        } else {
+            guard let colon = text.lastIndex(of: ":") else {
+                error(t, "invalid value \(t.display) for '\(st.name)'; \(expected)")
+                return nil
+            }
+            host = String(text[..<colon])
+            portText = String(text[text.index(after: colon)...])
+            if host.contains(":") {
+                error(t, "invalid value \(t.display) for '\(st.name)'; an IPv6 address is written in brackets: [ADDRESS]:PORT")
+                return nil
+            }
+        }
+        var ok = !host.unicodeScalars.contains("\0") && host.utf8.count < 64
+        if ok {
+            if bracketed {
+                var a6 = in6_addr()
+                ok = inet_pton(AF_INET6, host, &a6) == 1
+            } else {
+                var a4 = in_addr()
+                ok = inet_pton(AF_INET, host, &a4) == 1
+            }
+        }
+        guard ok else {
+            let family = bracketed ? "IPv6" : "IPv4"
+            error(t, "invalid \(family) address '\(host)' in '\(st.name)' \(t.display); \(expected)")
+            return nil
+        }
+        guard !portText.isEmpty, portText.utf8.count <= 5, portText.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+              let v = Int(portText), (1...65535).contains(v) else {
+            error(t, "invalid port '\(portText)' in '\(st.name)' \(t.display); \(expected)")
+            return nil
+        }
+        return ListenEndpoint(address: host, port: UInt16(v), location: t.location)
+    }
+
     mutating func path(_ st: Statement) -> String? {
         guard let t = st.arg, let p = nonEmpty(t, "path for '\(st.name)'") else { return nil }
         let dir = t.fileIndex < files.count ? files[t.fileIndex].directory : Paths.currentDirectory
@@ -110,6 +160,7 @@ struct Builder {
         var routerID: String?
         var globalDefs: Statement?
         var globals = VRRPGlobals()
+        var metricsListen: ListenEndpoint?
         var groups: [HAGroupConfig] = []
         var vrfs: [VRFConfig] = []
         var vrfTokens: [String: Token] = [:]
@@ -130,6 +181,7 @@ struct Builder {
                 globalDefs = st
                 let f = fields(st)
                 if let t = f["router_id"]?.arg { routerID = nonEmpty(t, "router_id") }
+                if let st = f["metrics_listen"] { metricsListen = listenEndpoint(st) }
                 globals = buildGlobals(f)
             case "ha_group":
                 guard let nameTok = st.arg else { continue }
@@ -176,7 +228,7 @@ struct Builder {
         }
         return KeepstateConfig(routerID: routerID ?? defaultRouterID(), haGroups: groups, vrfs: vrfs, sources: sources,
                                vrrpGlobals: globals, vrrpScripts: vrrp.scripts, vrrpInstances: vrrp.instances,
-                               vrrpSyncGroups: vrrp.syncGroups)
+                               vrrpSyncGroups: vrrp.syncGroups, metricsListen: metricsListen)
     }
 
     /// Names of ha_group, vrrp_instance and vrrp_sync_group in declaration order.

@@ -16,10 +16,14 @@ public struct KeepstateConfig: Sendable, Equatable {
     public var vrrpInstances: [VRRPInstanceSpec]
     /// `vrrp_sync_group` blocks in file order.
     public var vrrpSyncGroups: [VRRPSyncGroupSpec]
+    /// `global_defs { metrics_listen ADDRESS:PORT }`: where the Prometheus endpoint listens;
+    /// nil (the default): no metrics listener.
+    public var metricsListen: ListenEndpoint?
 
     public init(routerID: String, haGroups: [HAGroupConfig] = [], vrfs: [VRFConfig] = [], sources: [String] = [],
                 vrrpGlobals: VRRPGlobals = VRRPGlobals(), vrrpScripts: [VRRPScriptSpec] = [],
-                vrrpInstances: [VRRPInstanceSpec] = [], vrrpSyncGroups: [VRRPSyncGroupSpec] = []) {
+                vrrpInstances: [VRRPInstanceSpec] = [], vrrpSyncGroups: [VRRPSyncGroupSpec] = [],
+                metricsListen: ListenEndpoint? = nil) {
         self.routerID = routerID
         self.haGroups = haGroups
         self.vrfs = vrfs
@@ -28,6 +32,7 @@ public struct KeepstateConfig: Sendable, Equatable {
         self.vrrpScripts = vrrpScripts
         self.vrrpInstances = vrrpInstances
         self.vrrpSyncGroups = vrrpSyncGroups
+        self.metricsListen = metricsListen
     }
 
     public func haGroup(named name: String) -> HAGroupConfig? { haGroups.first { $0.name == name } }
@@ -42,6 +47,31 @@ public struct KeepstateConfig: Sendable, Equatable {
         if vrrpInstance(named: name) != nil { return .vrrpInstance }
         if vrrpSyncGroup(named: name) != nil { return .vrrpSyncGroup }
         return nil
+    }
+}
+
+/// A TCP address and port to listen on (`metrics_listen`).
+public struct ListenEndpoint: Sendable, Equatable, CustomStringConvertible {
+    /// An IPv4 or IPv6 literal, without brackets.
+    public var address: String
+    public var port: UInt16
+    public var location: SourceLocation
+
+    public init(address: String, port: UInt16, location: SourceLocation) {
+        self.address = address
+        self.port = port
+        self.location = location
+    }
+
+    public var isIPv6: Bool { address.contains(":") }
+
+    /// As written in the configuration: `127.0.0.1:9469`, `[::1]:9469`.
+    public var description: String { isIPv6 ? "[\(address)]:\(port)" : "\(address):\(port)" }
+
+    /// Address and port equal, wherever they were written.
+    public func sameEndpoint(as other: ListenEndpoint?) -> Bool {
+        guard let other else { return false }
+        return address == other.address && port == other.port
     }
 }
 

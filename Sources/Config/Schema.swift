@@ -76,6 +76,7 @@ enum Schema {
 
     static let globalDefs = KeySpec(name: "global_defs", arity: 0, children: [
         value("router_id"),
+        value("metrics_listen"),
         value("vrrp_version"),
         value("vrrp_garp_master_delay"),
         value("vrrp_garp_master_repeat"),

@@ -1,4 +1,5 @@
 import Foundation
+import MetricsHTTP
 public import Logging
 public import ServiceLifecycle
 import UnixSignals
@@ -8,10 +9,13 @@ import UnixSignals
 public struct DaemonService: Service {
     let options: KeepstateDaemon.Options
     let logger: Logger
+    /// With `metrics_listen` in the configuration, served there; nil: no listener.
+    let metrics: DaemonMetrics?
 
-    public init(options: KeepstateDaemon.Options, logger: Logger) {
+    public init(options: KeepstateDaemon.Options, logger: Logger, metrics: DaemonMetrics? = nil) {
         self.options = options
         self.logger = logger
+        self.metrics = metrics
     }
 
     public func run() async throws {
@@ -20,6 +24,16 @@ public struct DaemonService: Service {
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         let daemon = try KeepstateDaemon(options: options, logger: logger)
         try await daemon.start()
+        var metricsServer: MetricsHTTPServer?
+        if let metrics, let endpoint = await daemon.metricsListen {
+            do {
+                metricsServer = try await metrics.serve(daemon, at: endpoint)
+                logger.notice("metrics listener started", metadata: ["listen": "\(endpoint)", "path": "/metrics"])
+            } catch {
+                // Metrics are optional: HA and sync keep running without them.
+                logger.error("metrics listener could not start", metadata: ["listen": "\(endpoint)", "error": "\(error)"])
+            }
+        }
         SystemdNotify.send("READY=1\nSTATUS=keepstate running")
         for await _ in hangups.cancelOnGracefulShutdown() {
             logger.notice("SIGHUP: reloading the configuration")
@@ -27,6 +41,7 @@ public struct DaemonService: Service {
             SystemdNotify.send("STATUS=\(reply.ok ? "reloaded" : "reload refused")")
         }
         SystemdNotify.send("STOPPING=1")
+        await metricsServer?.stop()
         await daemon.shutdown()
     }
 }

@@ -47,6 +47,8 @@ public actor KeepstateDaemon {
     private var control: ControlServer?
     private var vrrp: VRRPSupervisor?
     private let started = ContinuousClock.now
+    /// Where the metrics listener binds (read at start; a reload does not move it).
+    var metricsListen: ListenEndpoint? { config.metricsListen }
 
     /// Loads and validates the configuration; nothing starts until `start`.
     public init(options: Options, logger: Logger) throws {

@@ -53,6 +53,7 @@ struct CheckConfig: ParsableCommand {
     static func summary(_ config: KeepstateConfig, file: String) -> String {
         var out = "\(file): ok\n"
         out += "router_id \(config.routerID)\n"
+        if let m = config.metricsListen { out += "metrics_listen \(m) (GET /metrics)\n" }
         for g in config.haGroups {
             out += "ha_group \(g.name): static \(g.staticState.rawValue)\n"
         }

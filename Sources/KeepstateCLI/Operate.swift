@@ -69,7 +69,7 @@ struct Run: AsyncParsableCommand {
         logger.logLevel = level
         let service = DaemonService(
             options: KeepstateDaemon.Options(configPath: config, socketPath: socket.socket, socketGroup: socketGroup),
-            logger: logger)
+            logger: logger, metrics: DaemonMetrics.bootstrapSystem())
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
             gracefulShutdownSignals: [.sigterm, .sigint],

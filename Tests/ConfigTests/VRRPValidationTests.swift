@@ -168,7 +168,7 @@ private let allowedInstance = "state, interface, virtual_router_id, priority, ad
         ("script_user", "1:15: error: 'script_user' expects 1 to 2 arguments, found '}'"),
         ("script_user root :wheel", "1:32: error: the ':GROUP' form of 'script_user' (supplementary groups) is not supported by keepstate; expected USER [GROUP]"),
         ("enable_snmp_vrrp", "1:15: error: 'enable_snmp_vrrp' is not supported by keepstate: SNMP and D-Bus are not implemented"),
-        ("frobnicate 1", "1:15: error: unknown keyword 'frobnicate' in global_defs: not supported by keepstate; expected one of: router_id, vrrp_version, vrrp_garp_master_delay, vrrp_garp_master_repeat, vrrp_garp_master_refresh, vrrp_garp_master_refresh_repeat, vrrp_garp_interval, vrrp_gna_interval, vrrp_check_unicast_src, script_user, enable_script_security, v3_checksum_as_v2"),
+        ("frobnicate 1", "1:15: error: unknown keyword 'frobnicate' in global_defs: not supported by keepstate; expected one of: router_id, metrics_listen, vrrp_version, vrrp_garp_master_delay, vrrp_garp_master_repeat, vrrp_garp_master_refresh, vrrp_garp_master_refresh_repeat, vrrp_garp_interval, vrrp_gna_interval, vrrp_check_unicast_src, script_user, enable_script_security, v3_checksum_as_v2"),
     ])
     func globalDefsErrors(statement: String, expected: String) {
         #expect(errorLines("global_defs { \(statement) }") == ["t.conf:" + expected])
