@@ -442,8 +442,7 @@ struct DrillRun {
         let rtos = topo.clientRTOs()
         report.clientRTOMedianMs = DrillAnalysis.median(rtos)
         report.clientRTOMaxMs = rtos.max()
-        let frozen = drill.failure == .power ? try topo.freeze(topo.r1) : []
-        let failure = try topo.linksDown(topo.r1)
+        let (failure, frozen) = try topo.fail(topo.r1, power: drill.failure == .power)
         client.send("mark \(failure)")
         topo.killAll(frozen)
         if drill.failure == .power { r1.daemon?.kill() }

@@ -133,23 +133,23 @@ final class DrillTopology {
         try Shell.must(["ip", "netns", "exec", netns, "sh", "-c", script])
     }
 
-    /// All of the router's links down at once (in-process netlink: three messages within
-    /// microseconds), as when a machine dies. Returns the time just before the first.
-    func linksDown(_ r: Router) throws -> UInt64 {
+    /// The failure of router `r`, as one step: with `power`, every process in its namespace
+    /// stops at once (SIGSTOP: none reacts to its links going down; a VRRP daemon would send
+    /// priority 0 on a link still up for a few microseconds, which a machine without power never
+    /// does), then all of its links go down (in-process netlink: three messages). The netlink
+    /// socket and the process list are taken first, so that the stop and the links going down
+    /// are microseconds apart even on a loaded machine (opened in between, a 0.2 s gap let the
+    /// stopped router forward while its peer already counted its silence). Returns the instant
+    /// just before the first of them, and the stopped processes, for `killAll`.
+    func fail(_ r: Router, power: Bool) throws -> (at: UInt64, stopped: [pid_t]) {
         let nl = try NetlinkRoute(netnsPath: "/run/netns/\(r.netns)")
+        let pids = power
+            ? try Shell.must(["ip", "netns", "pids", r.netns]).split(whereSeparator: \.isWhitespace).compactMap { pid_t($0) }
+            : []
         let t = monotonicNanoseconds()
-        for i in Self.routerInterfaces { try nl.setLink(named: i, up: false) }
-        return t
-    }
-
-    /// A power loss: every process in the router's namespace stops at once (SIGSTOP), so that
-    /// none reacts to its links going down (a VRRP daemon would send priority 0 on a link still
-    /// up for a few microseconds, which a machine without power never does). Returns them, for
-    /// `killAll` after the links are down.
-    func freeze(_ r: Router) throws -> [pid_t] {
-        let pids = try Shell.must(["ip", "netns", "pids", r.netns]).split(whereSeparator: \.isWhitespace).compactMap { pid_t($0) }
         for p in pids { kill(p, SIGSTOP) }
-        return pids
+        for i in Self.routerInterfaces { try nl.setLink(named: i, up: false) }
+        return (t, pids)
     }
 
     /// The retransmission timeouts (ms) of the clients' established TCP connections to the

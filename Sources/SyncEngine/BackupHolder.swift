@@ -277,6 +277,11 @@ final class BackupHolder: @unchecked Sendable {
 
     private func runRearm(_ timeout: @Sendable (Conntrack) -> UInt32?) {
         let start = ContinuousClock.now
+        // The re-arm is bookkeeping (the held entries already forward); the first second after a
+        // takeover belongs to the retransmissions of every flow. Its dump and writes run in this
+        // thread's system calls, so they yield the CPU to forwarding at the lowest priority.
+        let lowered = ThreadPriority.lower()
+        defer { ThreadPriority.restore(lowered) }
         do {
             let result = try dataplane.rearm(above: policy.threshold, timeout: timeout)
             let took = ContinuousClock.now - start
@@ -303,5 +308,26 @@ final class BackupHolder: @unchecked Sendable {
         cond.lock()
         change(&stats)
         cond.unlock()
+    }
+}
+
+/// The nice value of the calling thread (Linux: per thread), lowered for background work.
+enum ThreadPriority {
+    /// The lowest priority (nice 19) for the calling thread; returns the former nice value, or
+    /// nil when it could not be changed (the work then runs at the usual priority).
+    static func lower() -> Int32? {
+        // `who` 0 is the calling thread: on Linux the nice value belongs to a thread.
+        let tid: id_t = 0
+        errno = 0
+        let former = getpriority(__priority_which_t(PRIO_PROCESS.rawValue), tid)
+        guard errno == 0, setpriority(__priority_which_t(PRIO_PROCESS.rawValue), tid, 19) == 0 else { return nil }
+        return former
+    }
+
+    /// Gives the calling thread its former nice value back (raising it again needs the
+    /// CAP_SYS_NICE the daemon has as root; without it the thread stays lowered).
+    static func restore(_ former: Int32?) {
+        guard let former else { return }
+        _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, former)
     }
 }
