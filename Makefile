@@ -5,9 +5,10 @@ SWIFT ?= swift
 SHELL := /bin/bash
 # Build-time C libraries of the design (libnl, libnetfilter_conntrack, OpenSSL) and the tools
 # the tests drive (openssl s_client as an independent TLS client; keepalived as the other VRRP
-# router; tshark's VRRP dissector as the judge of our adverts and the takeover benchmark's clock).
+# router; tshark's VRRP dissector as the judge of our adverts and the takeover benchmark's clock;
+# ping for the ICMP flow of the kernel daemon tests).
 DEBS := pkg-config libssl-dev openssl libnl-3-dev libnl-route-3-dev libnetfilter-conntrack-dev \
-        iproute2 nftables conntrack conntrackd keepalived tshark
+        iproute2 nftables conntrack conntrackd keepalived tshark iputils-ping
 
 .PHONY: all deps build test drill bench fuzz clean
 
@@ -46,7 +47,7 @@ drill: deps
 
 bench: deps
 	$(SWIFT) build -c release --product keepstate
-	./.build/release/keepstate bench
+	./.build/release/keepstate bench --conntrackd
 
 fuzz: deps
 	./Fuzz/run.sh 60

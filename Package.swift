@@ -194,7 +194,8 @@ let package = Package(
         .testTarget(
             name: "SyncEngineTests",
             dependencies: [
-                "SyncEngine", "SyncProtocol", "SyncPolicy", "Dataplane", "ConntrackModel", "PKI", "KernelDataplane", "TestSupport",
+                "SyncEngine", "SyncProtocol", "SyncPolicy", "Dataplane", "ConntrackModel", "PKI", "KernelDataplane", "NetfilterConntrack",
+                "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -203,7 +204,12 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "NetlinkRouteTests", dependencies: ["NetlinkRoute", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "KeepstateCLITests", dependencies: ["KeepstateCLI", "Config", "Daemon", "SyncEngine", "TestSupport", "VRRPBench"], swiftSettings: strict),
+        .testTarget(
+            name: "KeepstateCLITests",
+            dependencies: ["KeepstateCLI", "Config", "Daemon", "SyncEngine", "TestSupport", "VRRPBench", "NetfilterConntrack",
+                           "ConntrackModel", "Dataplane", "PKI", "SyncPolicy"],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "DaemonTests",
             dependencies: ["Daemon", "Config", "Dataplane", "ConntrackModel", "SyncEngine", "SyncPolicy", "PKI", "TestSupport",

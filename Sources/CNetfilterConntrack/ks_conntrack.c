@@ -353,7 +353,36 @@ static int drain_errors(int fd, int *errors, int count, int *lost) {
     return rejected;
 }
 
+/// The original tuple of `master` as the master tuple of `ct` (CTA_TUPLE_MASTER): the kernel
+/// then links the new conntrack to that one and marks it IPS_EXPECTED.
+static void set_master(struct nf_conntrack *ct, const ks_ct *master) {
+    nfct_set_attr_u8(ct, ATTR_MASTER_L3PROTO, master->family == 6 ? AF_INET6 : AF_INET);
+    nfct_set_attr_u8(ct, ATTR_MASTER_L4PROTO, master->proto);
+    if (master->family == 4) {
+        uint32_t a;
+        memcpy(&a, master->orig_src, 4); nfct_set_attr_u32(ct, ATTR_MASTER_IPV4_SRC, a);
+        memcpy(&a, master->orig_dst, 4); nfct_set_attr_u32(ct, ATTR_MASTER_IPV4_DST, a);
+    } else {
+        nfct_set_attr(ct, ATTR_MASTER_IPV6_SRC, master->orig_src);
+        nfct_set_attr(ct, ATTR_MASTER_IPV6_DST, master->orig_dst);
+    }
+    nfct_set_attr_u16(ct, ATTR_MASTER_PORT_SRC, htons(master->orig_sport));
+    nfct_set_attr_u16(ct, ATTR_MASTER_PORT_DST, htons(master->orig_dport));
+}
+
+static int write_batch(struct nfct_handle *h, const ks_ct *cts, int count, int op, int be_liberal, const ks_ct *master,
+                       int *errors);
+
 int ks_ct_write(struct nfct_handle *h, const ks_ct *cts, int count, int op, int be_liberal, int *errors) {
+    return write_batch(h, cts, count, op, be_liberal, NULL, errors);
+}
+
+int ks_ct_create_related(struct nfct_handle *h, const ks_ct *ct, const ks_ct *master, int be_liberal, int *error) {
+    return write_batch(h, ct, 1, KS_OP_CREATE, be_liberal, master, error);
+}
+
+static int write_batch(struct nfct_handle *h, const ks_ct *cts, int count, int op, int be_liberal, const ks_ct *master,
+                       int *errors) {
     int fd = nfct_fd(h);
     size_t cap = 1 << 15;   // about 200 messages between drains
     char *buf = malloc(cap);
@@ -378,6 +407,7 @@ int ks_ct_write(struct nfct_handle *h, const ks_ct *cts, int count, int op, int 
         struct nf_conntrack *ct = nfct_new();
         if (!ct) { free(buf); errno = ENOMEM; return -1; }
         build(ct, &cts[i], op, be_liberal);
+        if (master) set_master(ct, master);
         struct nlmsghdr *nlh = (struct nlmsghdr *)(buf + used);
         memset(nlh, 0, NLMSG_HDRLEN + sizeof(struct nfgenmsg));
         nlh->nlmsg_len = NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(struct nfgenmsg));

@@ -303,7 +303,9 @@ public actor KeepstateDaemon {
             changes.append("removed VRF \(vrf.name)")
         }
         for vrf in new.vrfs {
-            if let runtime = vrfs[vrf.name], old.vrf(named: vrf.name)?.netns == vrf.netns {
+            // A VRF whose dataplane lost its table (its namespace deleted or replaced) is
+            // opened again, in the namespace its name now gives.
+            if let runtime = vrfs[vrf.name], old.vrf(named: vrf.name)?.netns == vrf.netns, runtime.dataplane.dataplaneError == nil {
                 if old.vrf(named: vrf.name) != vrf || old.routerID != new.routerID {
                     do {
                         try await runtime.reconfigure(vrf, routerID: new.routerID)

@@ -1,5 +1,6 @@
 public import Config
 public import Dataplane
+import KernelDataplane
 import Logging
 import NIOCore
 public import SyncEngine
@@ -152,6 +153,8 @@ final class VRFRuntime {
     nonisolated(nonsending) func stop() async {
         if let engine { await engine.shutdown() }
         engine = nil
+        // The kernel table's event thread holds the dataplane until told to stop.
+        (dataplane as? KernelDataplane)?.stop()
     }
 
     nonisolated(nonsending) func report(groupName: String?) async -> VRFReport {
@@ -163,7 +166,7 @@ final class VRFRuntime {
             holdRefused: holder?.refused ?? 0, lastTakeoverSeconds: lastTakeover.map(\.seconds),
             lastRearm: holder?.lastRearm?.rearmed,
             connectionsEstablished: stats?.connections.filter { $0.connectionStatus == .established }.count ?? 0,
-            connections: stats?.connections.count ?? 0, dataplaneError: nil)
+            connections: stats?.connections.count ?? 0, dataplaneError: dataplane.dataplaneError)
     }
 
     /// `show conntracks`; with `unsynced`, also the conntracks not synced (a dump of the table).

@@ -48,9 +48,15 @@ public protocol Dataplane: AnyObject, Sendable {
     /// so a TCP state reached since the takeover stays. `timeout` is called just before the
     /// entry's write, so that a timeout counted from now is written now.
     func rearm(above threshold: UInt32, timeout: (Conntrack) -> UInt32?) throws -> RearmResult
+
+    /// Why the table cannot be followed right now (its network namespace was deleted, its dumps
+    /// fail), nil while it works: what `show state` reports as the VRF's `dataplaneError`.
+    var dataplaneError: String? { get }
 }
 
 extension Dataplane {
+    public var dataplaneError: String? { nil }
+
     /// A fallback for dataplanes without a way to read single entries: a dump, filtered. The
     /// kernel and memory dataplanes read just the keys.
     public func get(_ keys: [ConntrackKey]) throws -> DataplaneReading {

@@ -20,7 +20,13 @@ struct Bench: AsyncParsableCommand {
               bytes      bytes per IPv4 TCP NAT upsert on the wire (frame headers included)
               memory     resident bytes per conntrack held by the backup (measured in a child \
             process so that nothing else is on its heap)
+            With --conntrackd (root): `keepstate run` on two namespaces against Debian's \
+            conntrackd (FTFW over UDP) between the same two, in the same run: live sync of \
+            kernel events (entries/s, CPU µs per entry of each daemon), full resync after a \
+            sync connection loss, resync after a restart of the master's daemon against the \
+            kernel's dump rate, backup memory per entry; medians and ratios to conntrackd.
             Example: keepstate bench --conntracks 1000000 --runs 3
+              keepstate bench --conntrackd --comparison-only --comparison-entries 1000000 --runs 3
             """)
 
     @Option(help: "Conntracks in the master's table.")
@@ -38,6 +44,15 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Kernel table sizes to measure (root only; 0 to skip), comma separated.")
     var kernel = "100000,1000000"
 
+    @Flag(help: "Also compare keepstate's daemons with conntrackd (FTFW) on two namespaces (root).")
+    var conntrackd = false
+
+    @Option(help: "Table sizes of the conntrackd comparison, comma separated (created while both daemons run).")
+    var comparisonEntries = "100000,1000000"
+
+    @Flag(help: "Only the conntrackd comparison (implies --conntrackd).")
+    var comparisonOnly = false
+
     func run() async throws {
         if let n = childMemory {
             print(String(format: "%.1f", Self.memoryPerEntry(n)))
@@ -48,6 +63,10 @@ struct Bench: AsyncParsableCommand {
         func median(_ xs: [Double]) -> Double {
             let s = xs.sorted()
             return s.isEmpty ? .nan : s[s.count / 2]
+        }
+        if comparisonOnly {
+            try compareWithConntrackd(counts: counts)
+            return
         }
         print("keepstate bench: \(conntracks) conntracks, \(runs) runs each, \(ProcessInfo.processInfo.activeProcessorCount) cores")
 
@@ -99,6 +118,8 @@ struct Bench: AsyncParsableCommand {
             }
         }
 
+        if conntrackd { try compareWithConntrackd(counts: counts) }
+
         let w = rows.map(\.0.count).max() ?? 10
         print("")
         print("| " + "measurement".padding(toLength: w, withPad: " ", startingAt: 0) + " | median         | vs baseline |")
@@ -108,6 +129,37 @@ struct Bench: AsyncParsableCommand {
                   + r.1.padding(toLength: 14, withPad: " ", startingAt: 0) + " | "
                   + r.2.padding(toLength: 11, withPad: " ", startingAt: 0) + " |")
         }
+    }
+
+    /// The conntrackd comparison's table (printed as soon as it is measured).
+    func compareWithConntrackd(counts: [Int]) throws {
+        guard getuid() == 0 else {
+            emit("conntrackd comparison skipped: it needs root (network namespaces, nf_conntrack_max)")
+            return
+        }
+        guard DrillRun.onPath("conntrackd") else { throw ValidationError("conntrackd is not installed (make deps installs it)") }
+        let connections = counts.max() ?? 4
+        for n in comparisonEntries.split(separator: ",").compactMap({ Int($0) }).filter({ $0 > 0 }) {
+            try compareWithConntrackd(entries: n, connections: connections)
+        }
+    }
+
+    func compareWithConntrackd(entries comparisonEntries: Int, connections: Int) throws {
+        let load = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").prefix(3).joined(separator: " ") ?? "?"
+        print("keepstate bench --conntrackd: \(comparisonEntries) conntracks, \(runs) runs each, \(connections) connections, "
+              + "\(ProcessInfo.processInfo.activeProcessorCount) cores, load average \(load)")
+        let rows = try SyncComparison.measure(entries: comparisonEntries, runs: runs, connections: connections) { emit($0) }
+        let after = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").prefix(3).joined(separator: " ") ?? "?"
+        let w = rows.map(\.0.count).max() ?? 10
+        print("")
+        print("| " + "measurement (medians)".padding(toLength: w, withPad: " ", startingAt: 0) + " | keepstate    | conntrackd   | ratio |")
+        print("|" + String(repeating: "-", count: w + 2) + "|--------------|--------------|-------|")
+        for r in rows {
+            print("| " + r.0.padding(toLength: w, withPad: " ", startingAt: 0) + " | " + r.1.padding(toLength: 12, withPad: " ", startingAt: 0)
+                  + " | " + r.2.padding(toLength: 12, withPad: " ", startingAt: 0) + " | " + r.3.padding(toLength: 5, withPad: " ", startingAt: 0) + " |")
+        }
+        print("load average after: \(after)")
+        print("")
     }
 
     static func rate(_ perSecond: Double) -> String {

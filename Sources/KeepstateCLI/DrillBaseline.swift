@@ -7,6 +7,65 @@ import Foundation
 // flush, resync, bulk-send on master; shorten timers and ask for a resync on backup). It gives
 // the figures keepstate is compared with, measured in the same run on the same machine.
 
+/// conntrackd's configuration for the drill's baseline and `keepstate bench --conntrackd`: FTFW
+/// over UDP between two addresses of the sync link, external cache on, caches and netlink
+/// buffers sized for millions of entries; log, lock file and UNIX socket next to `base`.
+enum ConntrackdConfig {
+    static func text(comment: String, source: String, destination: String, interface: String, base: String) -> String {
+        """
+        # \(comment)
+        Sync {
+            Mode FTFW {
+                ResendQueueSize 131072
+            }
+            UDP {
+                IPv4_address \(source)
+                IPv4_Destination_Address \(destination)
+                Port 3780
+                Interface \(interface)
+                SndSocketBuffer 24985600
+                RcvSocketBuffer 24985600
+                Checksum on
+            }
+        }
+        General {
+            HashSize 1048576
+            HashLimit 8388608
+            LogFile \(base)-conntrackd.log
+            Syslog off
+            LockFile \(base)-conntrackd.lock
+            UNIX {
+                Path \(base)-ctd.sock
+            }
+            NetlinkBufferSize 2097152
+            NetlinkBufferSizeMaxGrowth 134217728
+            NetlinkEventsReliable on
+            Filter From Userspace {
+                Address Ignore {
+                    IPv4_address 127.0.0.1
+                    IPv4_address \(source)
+                    IPv4_address \(destination)
+                }
+            }
+        }
+
+        """
+    }
+
+    /// A cache's "current active connections" from `conntrackd -s` output (`internal` or
+    /// `external`).
+    static func count(statistics: String, cache: String) -> Int? {
+        var inCache = false
+        for line in statistics.split(whereSeparator: \.isNewline) {
+            if line.hasPrefix("cache ") { inCache = line.hasPrefix("cache \(cache):") }
+            if inCache, line.hasPrefix("current active connections:") {
+                return Int(line.split(separator: ":").last?.trimmingCharacters(in: .whitespaces) ?? "")
+            }
+        }
+        return nil
+    }
+}
+
 extension DrillRun {
     struct BaselineRouter {
         let spec: DrillTopology.Router
@@ -31,44 +90,9 @@ extension DrillRun {
     /// conntrackd (FTFW over UDP on the sync link, external cache on), keepalived (the sync group
     /// of keepstate's drill), and the notify script.
     func writeBaselineFiles(_ r: BaselineRouter, peer: DrillTopology.Router) throws {
-        try """
-            # keepstate drill baseline: conntrackd of \(r.spec.name), FTFW over the sync link
-            Sync {
-                Mode FTFW {
-                    ResendQueueSize 131072
-                }
-                UDP {
-                    IPv4_address \(r.spec.sync)
-                    IPv4_Destination_Address \(peer.sync)
-                    Port 3780
-                    Interface sync0
-                    SndSocketBuffer 24985600
-                    RcvSocketBuffer 24985600
-                    Checksum on
-                }
-            }
-            General {
-                HashSize 1048576
-                HashLimit 8388608
-                LogFile \(r.base)-conntrackd.log
-                Syslog off
-                LockFile \(r.base)-conntrackd.lock
-                UNIX {
-                    Path \(r.base)-ctd.sock
-                }
-                NetlinkBufferSize 2097152
-                NetlinkBufferSizeMaxGrowth 134217728
-                NetlinkEventsReliable on
-                Filter From Userspace {
-                    Address Ignore {
-                        IPv4_address 127.0.0.1
-                        IPv4_address \(r.spec.sync)
-                        IPv4_address \(peer.sync)
-                    }
-                }
-            }
-
-            """.write(toFile: r.conntrackdConfig, atomically: true, encoding: .utf8)
+        try ConntrackdConfig.text(comment: "keepstate drill baseline: conntrackd of \(r.spec.name), FTFW over the sync link",
+                                  source: r.spec.sync, destination: peer.sync, interface: "sync0", base: r.base)
+            .write(toFile: r.conntrackdConfig, atomically: true, encoding: .utf8)
         try """
             #!/bin/sh
             # keepalived's notify for conntrackd: conntrackd's example primary-backup.sh with this
@@ -111,14 +135,7 @@ extension DrillRun {
     func conntrackdCount(_ r: BaselineRouter, cache: String) -> Int? {
         guard let out = try? Shell.run(["ip", "netns", "exec", r.spec.netns, "conntrackd", "-C", r.conntrackdConfig, "-s"]),
               out.status == 0 else { return nil }
-        var inCache = false
-        for line in out.output.split(whereSeparator: \.isNewline) {
-            if line.hasPrefix("cache ") { inCache = line.hasPrefix("cache \(cache):") }
-            if inCache, line.hasPrefix("current active connections:") {
-                return Int(line.split(separator: ":").last?.trimmingCharacters(in: .whitespaces) ?? "")
-            }
-        }
-        return nil
+        return ConntrackdConfig.count(statistics: out.output, cache: cache)
     }
 
     func startBaselineDaemons(_ r: inout BaselineRouter) throws {

@@ -1,6 +1,7 @@
 public import ConntrackModel
 public import Dataplane
 import Foundation
+import Glibc
 import NetfilterConntrack
 import Synchronization
 
@@ -22,6 +23,10 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         var reconciliations = 0
         var failedReconciliations = 0
         var lastError: String?
+        /// The last reconciliation's dump failed (cleared by one that succeeds).
+        var reconcileFailing = false
+        /// The VRF's namespace was deleted or replaced since the sockets were opened.
+        var namespaceProblem: String?
         var eventsSeen = 0
     }
 
@@ -41,6 +46,22 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
     public let previousEventsSetting: Int
     private let reconcileInterval: Double
     private var lastReconcile = ContinuousClock.now
+    /// The namespace's identity (device and inode of `netnsPath`) when the sockets were opened.
+    private let namespaceIdentity: NamespaceIdentity?
+    private var lastNamespaceCheck = ContinuousClock.now
+
+    struct NamespaceIdentity: Equatable {
+        var device: UInt64
+        var inode: UInt64
+
+        /// What `path` names now; nil when nothing is there.
+        init?(path: String) {
+            var st = stat()
+            guard stat(path, &st) == 0 else { return nil }
+            device = UInt64(st.st_dev)
+            inode = UInt64(st.st_ino)
+        }
+    }
 
     /// Opens the VRF's sockets, fills the mirror from a dump and starts reading events.
     /// `netnsPath` is `/run/netns/NAME` for a VRF in a namespace, nil for the daemon's own.
@@ -54,6 +75,7 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         try events.setReceiveBuffer(bytes: receiveBuffer)
         try events.setNonBlocking()
         command = try ConntrackNetlink(netnsPath: netnsPath)
+        namespaceIdentity = netnsPath.flatMap { NamespaceIdentity(path: $0) }
         let initial = try command.dump()
         state.withLock { s in
             for c in initial where Self.qualifies(c) { s.mirror.upsert(c, tag: 0) }
@@ -86,6 +108,32 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
     /// the last one failed.
     public var failedReconciliations: Int { state.withLock { $0.failedReconciliations } }
     public var lastError: String? { state.withLock { $0.lastError } }
+
+    /// Why the table is not followed right now: the VRF's namespace was deleted (or another
+    /// one took its name) while the daemon ran, or the last reconciliation's dump failed.
+    /// Checked once a second.
+    public var dataplaneError: String? {
+        state.withLock { s in s.namespaceProblem ?? (s.reconcileFailing ? s.lastError : nil) }
+    }
+
+    /// Compares what `netnsPath` names with the namespace the sockets were opened in. The
+    /// sockets keep a deleted namespace alive, so reads and writes go on without an error: only
+    /// the path tells that nothing else can reach that table any more.
+    private func checkNamespace() {
+        guard let netnsPath, let opened = namespaceIdentity else { return }
+        let problem: String?
+        switch NamespaceIdentity(path: netnsPath) {
+        case nil:
+            problem = "network namespace \(netnsPath) was deleted while the VRF ran: its conntracks are no longer followed "
+                + "(recreate the namespace, then `keepstate reload` reopens the VRF)"
+        case let now? where now != opened:
+            problem = "network namespace \(netnsPath) was replaced by another namespace of that name: the VRF still follows "
+                + "the old one (`keepstate reload` reopens the VRF in the new one)"
+        default:
+            problem = nil
+        }
+        state.withLock { $0.namespaceProblem = problem }
+    }
 
     public func dump() throws -> [Conntrack] {
         writeLock.lock()
@@ -249,6 +297,10 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
     private func readLoop() {
         var pfd = pollfd(fd: events.fileDescriptor, events: Int16(POLLIN), revents: 0)
         while !stopped.load(ordering: .relaxed) {
+            if ContinuousClock.now - lastNamespaceCheck > .seconds(1) {
+                lastNamespaceCheck = ContinuousClock.now
+                checkNamespace()
+            }
             if reconcileInterval > 0, ContinuousClock.now - lastReconcile > .milliseconds(Int(reconcileInterval * 1000)) {
                 lastReconcile = ContinuousClock.now
                 reconcile(countAsOverrun: false)
@@ -310,6 +362,7 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
             // The mirror stays as it was; the next reconciliation tries again.
             state.withLock { s in
                 s.failedReconciliations += 1
+                s.reconcileFailing = true
                 s.lastError = "reconciliation dump failed: \(error)"
             }
             return
@@ -317,6 +370,7 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         state.withLock { s in
             if countAsOverrun { s.overruns += 1 }
             s.reconciliations += 1
+            s.reconcileFailing = false
             var fresh = ConntrackTable<UInt8>(minimumCapacity: table.count)
             var changes: [ConntrackUpdate] = []
             // What the mirror holds stays while the kernel has it, as `deliver` keeps it: a

@@ -182,6 +182,20 @@ public final class ConntrackNetlink: @unchecked Sendable {
         try write(conntracks.map(Self.flat), op: Int32(KS_OP_CREATE), beLiberal: beLiberal, what: "create")
     }
 
+    /// Creates a conntrack related to the existing conntrack `master` names, as an ALG helper's
+    /// expectation makes one when it matches (an FTP data connection, say): the kernel links the
+    /// two and sets `EXPECTED` on the new one. Keepstate never syncs such conntracks; this is for
+    /// testing that without a helper module and its protocol.
+    public func createRelated(_ c: Conntrack, master: ConntrackKey, beLiberal: Bool = false) throws(NetfilterError) -> WriteResult {
+        let w = try writeHandle()
+        var flat = Self.flat(c)
+        var m = Self.flat(Conntrack(family: master.family, proto: master.proto, original: master.original, timeout: 0, zone: master.zone))
+        var error: Int32 = 0
+        let r = ks_ct_create_related(w, &flat, &m, beLiberal ? 1 : 0, &error)
+        guard r >= 0 else { throw NetfilterError(operation: "create related", errno: Glibc.errno) }
+        return WriteResult(errors: [error])
+    }
+
     /// Changes existing conntracks' TCP state, timeout and mark (the kernel refuses to change NAT
     /// and status bits of an existing entry); with `beLiberal`, TCP entries also get the
     /// be-liberal window flags.

@@ -59,11 +59,13 @@ public final class LabProcess: @unchecked Sendable {
     private let lock = NSLock()
     private var exitStatus: Int32?
 
-    public init(_ arguments: [String], outputPath: String) throws {
+    /// `input`: a descriptor of the caller for its standard input (the read end of a pipe, say);
+    /// nil: /dev/null.
+    public init(_ arguments: [String], outputPath: String, input: Int32? = nil) throws {
         self.arguments = arguments
         self.outputPath = outputPath
         do {
-            pid = try Spawn.start(arguments, output: .file(outputPath))
+            pid = try Spawn.start(arguments, input: input, output: .file(outputPath))
         } catch {
             throw VRRPLabError("\(arguments.first ?? "?"): \(error)")
         }

@@ -4,6 +4,7 @@ import Foundation
 import Glibc
 import KernelDataplane
 import Logging
+import NetfilterConntrack
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -209,6 +210,35 @@ struct KernelSyncTests {
         await e2.shutdown()
         dp2.stop()
         try await group.shutdownGracefully()
+    }
+
+    @Test("a conntrack the kernel marks EXPECTED (linked to a master, as an ALG helper's) never enters the mirror nor the change stream; its master does")
+    func relatedNotMirrored() async throws {
+        let ns = try TestNamespace("alg")
+        let dp = try KernelDataplane(vrf: "main", netnsPath: ns.path, reconcileInterval: 0.3)
+        defer { dp.stop() }
+        let delivered = Mutex<[ConntrackKey]>([])
+        let sub = dp.subscribe { updates in delivered.withLock { $0 += updates.map(\.key) } }
+        defer { dp.unsubscribe(sub) }
+        func tuple(_ sport: UInt16, _ dport: UInt16) -> ConntrackTuple {
+            ConntrackTuple(source: IPAddressBits(parsing: "10.1.0.1", family: .ipv4)!, destination: IPAddressBits(parsing: "10.2.0.1", family: .ipv4)!,
+                           sourcePort: sport, destinationPort: dport)
+        }
+        let control = Conntrack(family: .ipv4, proto: .tcp, original: tuple(40000, 21), tcpState: .established,
+                                status: [.seenReply, .assured], timeout: 600)
+        let data = Conntrack(family: .ipv4, proto: .tcp, original: tuple(40001, 20), tcpState: .established,
+                             status: [.seenReply, .assured], timeout: 600)
+        let nl = try ConntrackNetlink(netnsPath: ns.path)
+        #expect(try nl.create([control]).rejected == 0)
+        let r = try nl.createRelated(data, master: control.key)
+        #expect(r.rejected == 0, "errno \(r.firstError)")
+        let related = try #require(try nl.dump().first { $0.key == data.key })
+        #expect(related.status.contains(.expected) && related.isEstablished && related.isSyncExcluded)
+        // Its creation event, and two reconciliations' dumps, leave it out.
+        let before = dp.reconciliations
+        #expect(await eventually(10) { dp.reconciliations >= before + 2 })
+        #expect(dp.count == 1 && dp.snapshot(share: 0, of: 1).map(\.key) == [control.key])
+        #expect(delivered.withLock { $0 } == [control.key])
     }
 
     @Test("apply keeps a batch's order per key, and a refused write leaves the mirror as it was")

@@ -81,4 +81,10 @@ enum { KS_OP_CREATE = 0, KS_OP_DELETE = 1, KS_OP_UPDATE = 2, KS_OP_TIMEOUT = 3 }
 /// and receives each message's errno (0: accepted).
 int ks_ct_write(struct nfct_handle *h, const ks_ct *cts, int count, int op, int be_liberal, int *errors);
 
+/// Creates one conntrack whose master is the existing conntrack with `master`'s original tuple
+/// (CTA_TUPLE_MASTER), as an ALG helper's expectation does when it matches: the kernel sets
+/// IPS_EXPECTED. For tests of what Keepstate does with such conntracks. `*error` receives the
+/// errno (0: created); returns as `ks_ct_write`.
+int ks_ct_create_related(struct nfct_handle *h, const ks_ct *ct, const ks_ct *master, int be_liberal, int *error);
+
 #endif
