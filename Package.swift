@@ -188,10 +188,13 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "NetlinkRouteTests", dependencies: ["NetlinkRoute", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "KeepstateCLITests", dependencies: ["KeepstateCLI", "Config", "Daemon", "SyncEngine", "TestSupport", "VRRPBench"], swiftSettings: strict),
+        .testTarget(name: "KeepstateCLITests", dependencies: ["KeepstateCLI", "Config", "Daemon", "SyncEngine", "TestSupport", "VRRPBench"],
+                    // The golden files of the `show` output, read by path (GoldenTests).
+                    exclude: ["Golden"], swiftSettings: strict),
         .testTarget(
             name: "DaemonTests",
             dependencies: ["Daemon", "Config", "Dataplane", "ConntrackModel", "SyncEngine", "SyncPolicy", "PKI", "TestSupport",
+                           "VRRP", "VRRPNet",
                            .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),

@@ -20,7 +20,9 @@ struct Bench: AsyncParsableCommand {
               bytes      bytes per IPv4 TCP NAT upsert on the wire (frame headers included)
               memory     resident bytes per conntrack held by the backup (measured in a child \
             process so that nothing else is on its heap)
-            Example: keepstate bench --conntracks 1000000 --runs 3
+
+            Example:
+              keepstate bench --conntracks 1000000 --runs 3
             """)
 
     @Option(help: "Conntracks in the master's table.")

@@ -23,7 +23,10 @@ struct PKICommand: ParsableCommand {
     struct Init: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Create a CA: DIR/ca.pem (certificate) and DIR/ca.key (private key, mode 0600).",
-            discussion: "Example: keepstate pki init --dir /etc/keepstate/pki")
+            discussion: """
+                Example:
+                  keepstate pki init --dir /etc/keepstate/pki
+                """)
 
         @Option(help: "Directory for ca.pem and ca.key (created if missing).")
         var dir: String
@@ -44,7 +47,10 @@ struct PKICommand: ParsableCommand {
     struct Issue: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Issue a node certificate: DIR/NAME.pem and DIR/NAME.key, signed by DIR/ca.pem.",
-            discussion: "Example: keepstate pki issue --dir /etc/keepstate/pki --name ha1 --address 10.150.0.1")
+            discussion: """
+                Example:
+                  keepstate pki issue --dir /etc/keepstate/pki --name ha1 --address 10.150.0.1
+                """)
 
         @Option(help: "Directory holding ca.pem and ca.key; the node files are written there too.")
         var dir: String
