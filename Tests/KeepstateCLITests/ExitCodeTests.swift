@@ -170,6 +170,22 @@ struct ExitCodeTests {
     }
 }
 
+extension ExitCodeTests {
+    @Test("pki: a missing CA and a file that exists exit 1, saying what to run")
+    func pkiErrors() throws {
+        let dir = try Dir()
+        var r = try Self.keepstate(["pki", "issue", "--dir", dir.path, "--name", "ha1"])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("cannot read the CA certificate at \(dir.path)/ca.pem: run `keepstate pki init --dir \(dir.path)` first"),
+                "\(r.stderr)")
+        r = try Self.keepstate(["pki", "init", "--dir", dir.path])
+        #expect(r.status == 0, "\(r.stderr)")
+        r = try Self.keepstate(["pki", "init", "--dir", dir.path])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("\(dir.path)/ca.pem exists; pass --force to replace it"), "\(r.stderr)")
+    }
+}
+
 /// A stand-in for the daemon: answers each connection on a Unix socket with the next reply
 /// (nil: closes without one) and records the requests.
 final class FakeDaemon: @unchecked Sendable {
