@@ -208,12 +208,14 @@ let package = Package(
             name: "KeepstateCLITests",
             dependencies: ["KeepstateCLI", "Config", "Daemon", "SyncEngine", "TestSupport", "VRRPBench", "NetfilterConntrack",
                            "ConntrackModel", "Dataplane", "PKI", "SyncPolicy"],
+            // The golden files of the `show` output, read by path (GoldenTests).
+            exclude: ["Golden"],
             swiftSettings: strict
         ),
         .testTarget(
             name: "DaemonTests",
             dependencies: ["Daemon", "Config", "Dataplane", "ConntrackModel", "SyncEngine", "SyncPolicy", "PKI", "TestSupport",
-                           "MetricsHTTP",
+                           "MetricsHTTP", "VRRP", "VRRPNet",
                            .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),

@@ -14,6 +14,8 @@ public enum ControlCommand: String, Codable, Sendable, CaseIterable {
     case showState = "show-state"
     case showPeer = "show-peer"
     case showConntracks = "show-conntracks"
+    /// Added within version 1: a daemon from before it answers `bad value for "command"`.
+    case showVRRP = "show-vrrp"
     case setState = "set-state"
     case sync
     case reload
@@ -31,11 +33,13 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     /// (a dump of each VRF's table), at most `limit` per VRF (default 100).
     public var unsynced: Bool?
     public var limit: Int?
+    /// `show-vrrp`: only this `vrrp_instance` (and the sync group it is in).
+    public var instance: String?
 
     public static let defaultUnsyncedLimit = 100
 
     public init(command: ControlCommand, vrf: String? = nil, group: String? = nil, state: String? = nil,
-                unsynced: Bool? = nil, limit: Int? = nil) {
+                unsynced: Bool? = nil, limit: Int? = nil, instance: String? = nil) {
         self.version = ControlProtocol.version
         self.command = command
         self.vrf = vrf
@@ -43,6 +47,7 @@ public struct ControlRequest: Codable, Sendable, Equatable {
         self.state = state
         self.unsynced = unsynced
         self.limit = limit
+        self.instance = instance
     }
 }
 
@@ -174,6 +179,146 @@ public struct ConntrackCounts: Codable, Sendable, Equatable {
     }
 }
 
+/// `show vrrp`: every `vrrp_instance` and `vrrp_sync_group` (both lists empty when the
+/// configuration has no VRRP).
+public struct VRRPReport: Codable, Sendable, Equatable {
+    public var instances: [VRRPInstanceReport]
+    public var syncGroups: [VRRPSyncGroupReport]
+
+    public init(instances: [VRRPInstanceReport] = [], syncGroups: [VRRPSyncGroupReport] = []) {
+        self.instances = instances
+        self.syncGroups = syncGroups
+    }
+}
+
+/// One `vrrp_instance` as `show vrrp` reports it.
+public struct VRRPInstanceReport: Codable, Sendable, Equatable {
+    public var name: String
+    public var interface: String
+    public var vrid: Int
+    /// 2 or 3.
+    public var version: Int
+    /// `ipv4` or `ipv6`.
+    public var family: String
+    /// `initialize`, `backup`, `master` or `fault` (the last transition performed).
+    public var state: String
+    /// Seconds since the last transition; nil before the first.
+    public var since: Double?
+    public var transitions: Int
+    /// Why the last transition happened.
+    public var lastReason: String?
+    /// `priority` as configured.
+    public var configuredPriority: Int
+    /// After the `track_interface` and `track_script` weights.
+    public var trackedPriority: Int
+    /// What the instance advertises: `trackedPriority`, or 1 while the failback hold holds it.
+    public var effectivePriority: Int
+    /// Priority 255: this node owns the virtual addresses.
+    public var addressOwner: Bool
+    /// This node's address on the segment (the adverts' source, the tie-break).
+    public var primaryAddress: String
+    /// The master's address as last seen: this node's primary address while it is master;
+    /// otherwise the source of the last advert received with a priority above 0 (nil: none).
+    public var masterAddress: String?
+    /// The last advert received (from any router of this VRID).
+    public var lastAdvert: VRRPAdvertReport?
+    /// `advert_int` in seconds, and the master's (VRRPv3 learns it from the master's adverts).
+    public var advertInterval: Double
+    public var masterAdvertInterval: Double
+    public var preempt: Bool
+    /// `preempt_delay` in seconds.
+    public var preemptDelay: Double
+    /// `unicast_peer` addresses; empty: multicast.
+    public var unicastPeers: [String]
+    public var virtualAddresses: [VRRPVirtualAddressReport]
+    public var trackInterfaces: [VRRPTrackReport]
+    public var trackScripts: [VRRPTrackReport]
+    /// Why the instance is in FAULT (its own tracking or a member of its sync group).
+    public var fault: String?
+    public var failbackHold: VRRPFailbackHoldReport
+    public var syncGroup: String?
+    public var statistics: VRRPStatisticsReport
+}
+
+/// An advert as the instance last received it.
+public struct VRRPAdvertReport: Codable, Sendable, Equatable {
+    public var source: String
+    public var priority: Int
+    /// Its advert interval in seconds.
+    public var advertInterval: Double
+    public var secondsAgo: Double
+}
+
+/// One `virtual_ipaddress` or `virtual_ipaddress_excluded` entry.
+public struct VRRPVirtualAddressReport: Codable, Sendable, Equatable {
+    public var address: String
+    public var prefixLength: Int
+    /// The interface it goes on (`dev`, else the instance's).
+    public var dev: String
+    public var label: String?
+    /// From `virtual_ipaddress_excluded` (not in adverts).
+    public var excluded: Bool
+    /// Whether the kernel has it on `dev` now; nil: the addresses could not be read.
+    public var held: Bool?
+}
+
+/// One `track_interface` or `track_script` entry.
+public struct VRRPTrackReport: Codable, Sendable, Equatable {
+    public var name: String
+    /// Interfaces: `up` or `down`; scripts: `ok` or `failed`.
+    public var status: String
+    /// 0: a failure puts the instance in FAULT; otherwise added (positive, while fine) or
+    /// added (negative, while failed) to the priority; `reverse` swaps fine and failed.
+    public var weight: Int
+    public var reverse: Bool
+    /// What it adds to the priority now.
+    public var delta: Int
+}
+
+/// The failback hold-down of an instance (docs/vrrp.md, "Failback hold-down").
+public struct VRRPFailbackHoldReport: Codable, Sendable, Equatable {
+    /// The priority is held down to 1.
+    public var held: Bool
+    /// Seconds it has been held.
+    public var heldFor: Double?
+    /// The longest `failback_hold_max` of the VRFs that follow it (0: none has a hold).
+    public var bound: Double
+    /// VRFs following it that have not received the master's whole table.
+    public var vrfsBehind: [String]
+    /// Held while it settles as a new master (a master peer was sending its table).
+    public var settling: Bool
+    /// `failback_hold_max` ran out in this episode: not held again until the VRFs are in sync.
+    public var expired: Bool
+    /// Why it is held, or why it is not although VRFs are behind.
+    public var reason: String?
+}
+
+/// The runner's counters.
+public struct VRRPStatisticsReport: Codable, Sendable, Equatable {
+    public var advertsSent: Int
+    public var advertSendErrors: Int
+    public var advertsReceived: Int
+    /// Received packets dropped, by reason (`ttlNot255`, `vridMismatch`, ...).
+    public var drops: [String: Int]
+    public var becameMaster: Int
+    public var announcementsSent: Int
+    public var addressErrors: Int
+}
+
+/// One `vrrp_sync_group`.
+public struct VRRPSyncGroupReport: Codable, Sendable, Equatable {
+    public var name: String
+    /// keepalived's view: `fault` if a member is, `master` if all are, `initialize` if all are,
+    /// `backup` otherwise.
+    public var state: String
+    public var members: [VRRPSyncGroupMemberReport]
+}
+
+public struct VRRPSyncGroupMemberReport: Codable, Sendable, Equatable {
+    public var name: String
+    public var state: String
+}
+
 public struct ControlReply: Codable, Sendable, Equatable {
     public var version: Int = ControlProtocol.version
     public var ok: Bool
@@ -183,6 +328,8 @@ public struct ControlReply: Codable, Sendable, Equatable {
     public var state: StateReport?
     public var peers: [SyncStatistics]?
     public var conntracks: [ConntrackCounts]?
+    /// `show-vrrp`.
+    public var vrrp: VRRPReport?
 
     public init(ok: Bool, error: String? = nil, message: String? = nil) {
         self.ok = ok
@@ -195,7 +342,7 @@ public struct ControlReply: Codable, Sendable, Equatable {
     /// One line of JSON with sorted keys (stable for golden tests and scripts).
     public func encodedLine() -> Data {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         var data = (try? encoder.encode(self)) ?? Data(#"{"ok":false,"error":"reply could not be encoded","version":1}"#.utf8)
         data.append(0x0A)
         return data

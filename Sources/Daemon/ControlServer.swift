@@ -156,8 +156,28 @@ private final class ControlConnectionHandler: ChannelInboundHandler, @unchecked 
 
 /// The client side, for the `keepstate` subcommands: one request, one reply.
 public enum ControlClient {
+    /// Why the exchange failed; `description` says what failed and what to do.
     public struct Failure: Error, CustomStringConvertible {
         public var description: String
+    }
+
+    /// The message for a failed connect(2) to the control socket, with what to check.
+    public static func connectFailure(socketPath: String, errno code: Int32) -> String {
+        let why = String(cString: strerror(code))
+        let hint: String
+        switch code {
+        case ENOENT:
+            hint = "is `keepstate run` running? (see --socket)"
+        case ECONNREFUSED:
+            hint = "the socket file exists but no daemon listens on it: is `keepstate run` running? (see --socket)"
+        case EACCES, EPERM:
+            hint = "the control socket is for root, and for the group of `keepstate run --socket-group` if set: run as root or as a member of that group"
+        case ENOTSOCK:
+            hint = "that path is not a socket: --socket names another file"
+        default:
+            hint = "is `keepstate run` running? (see --socket)"
+        }
+        return "cannot connect to \(socketPath): \(why) — \(hint)"
     }
 
     public static func send(_ request: ControlRequest, socketPath: String, timeout: Duration = .seconds(30)) throws -> ControlReply {
@@ -169,7 +189,10 @@ public enum ControlClient {
         do {
             return try JSONDecoder().decode(ControlReply.self, from: data)
         } catch {
-            throw Failure(description: "the daemon's reply was not understood (\(data.count) bytes)")
+            if data.isEmpty {
+                throw Failure(description: "the daemon at \(socketPath) closed the connection without a reply: see its log (journalctl -u keepstate)")
+            }
+            throw Failure(description: "the daemon's reply was not understood (\(data.count) bytes): is this keepstate the same version as the daemon?")
         }
     }
 
@@ -184,7 +207,7 @@ public enum ControlClient {
         addr.sun_family = sa_family_t(AF_UNIX)
         let pathBytes = Array(socketPath.utf8)
         guard pathBytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            throw Failure(description: "control socket path longer than 107 bytes: \(socketPath)")
+            throw Failure(description: "control socket path longer than 107 bytes: \(socketPath) — choose a shorter --socket")
         }
         withUnsafeMutableBytes(of: &addr.sun_path) { raw in
             for (i, b) in pathBytes.enumerated() { raw[i] = b }
@@ -193,14 +216,13 @@ public enum ControlClient {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard connected == 0 else {
-            let why = String(cString: strerror(errno))
-            throw Failure(description: "cannot reach the daemon at \(socketPath): \(why) (is `keepstate run` running? --socket names another path)")
+            throw Failure(description: connectFailure(socketPath: socketPath, errno: errno))
         }
         var sent = 0
         try bytes.withUnsafeBytes { raw in
             while sent < raw.count {
                 let n = write(fd, raw.baseAddress! + sent, raw.count - sent)
-                if n <= 0 { throw Failure(description: "writing the request: \(String(cString: strerror(errno)))") }
+                if n <= 0 { throw Failure(description: "writing the request to \(socketPath): \(String(cString: strerror(errno)))") }
                 sent += n
             }
         }
@@ -209,7 +231,12 @@ public enum ControlClient {
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
             let n = read(fd, &chunk, chunk.count)
-            if n < 0 { throw Failure(description: "reading the reply: \(String(cString: strerror(errno)))") }
+            if n < 0 {
+                if errno == EAGAIN || errno == EWOULDBLOCK {
+                    throw Failure(description: "no reply from the daemon at \(socketPath) within \(timeout.components.seconds) s: it may be stuck; see its log (journalctl -u keepstate)")
+                }
+                throw Failure(description: "reading the reply from \(socketPath): \(String(cString: strerror(errno)))")
+            }
             if n == 0 { break }
             reply.append(contentsOf: chunk[0..<n])
         }

@@ -135,17 +135,18 @@ public actor KeepstateDaemon {
     /// long at most: some VRF following `groups` has not received its full resync from the
     /// master yet (`failback_hold_max` of those VRFs, the longest).
     func failbackHold(_ groups: [String]) -> FailbackHold {
-        var behind = false
+        var behind: [String] = []
         var masterPeer = false
         var bound = 0.0
         for v in vrfs.values {
             guard let name = groupName(of: v.config), groups.contains(name), let sync = v.config.sync,
                   sync.failbackHoldMax > 0 else { continue }
             bound = max(bound, sync.failbackHoldMax)
-            if !v.resyncedFromPeer { behind = true }
+            if !v.resyncedFromPeer { behind.append(v.config.name) }
             if v.resyncFromPeerBegun { masterPeer = true }
         }
-        return behind ? FailbackHold(behind: true, bound: bound, masterPeerSending: masterPeer) : .none
+        return behind.isEmpty ? .none
+            : FailbackHold(behind: true, bound: bound, masterPeerSending: masterPeer, vrfsBehind: behind.sorted())
     }
 
     /// VRRP's states: each group's driven role, then the VRFs that follow it. Awaited by an
@@ -235,6 +236,15 @@ public actor KeepstateDaemon {
                 if let runtime = vrfs[name] { counts.append(await runtime.counts(unsynced: unsyncedLimit)) }
             }
             reply.conntracks = counts
+            return reply
+        case .showVRRP:
+            let names = config.vrrpInstances.map(\.name)
+            if let i = request.instance, !names.contains(i) {
+                return .failure(names.isEmpty ? "no vrrp_instance \(i): the configuration has no VRRP"
+                                : "no vrrp_instance \(i) (configured: \(names.joined(separator: ", ")))")
+            }
+            var reply = ControlReply(ok: true)
+            reply.vrrp = await vrrp?.showReport(instance: request.instance) ?? VRRPReport()
             return reply
         case .setState:
             return await setState(group: request.group, state: request.state)

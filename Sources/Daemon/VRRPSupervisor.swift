@@ -52,6 +52,8 @@ struct FailbackHold: Sendable, Equatable {
     var bound: Double
     /// A master peer has begun sending its table to a VRF behind (it is alive and master).
     var masterPeerSending = false
+    /// The VRFs behind, by name (for `show vrrp`).
+    var vrfsBehind: [String] = []
     static let none = FailbackHold(behind: false, bound: 0)
 }
 
@@ -112,6 +114,8 @@ actor VRRPSupervisor {
         var toldFault: String?
         /// The failback hold-down (priority 1 while held).
         var hold = FailbackHoldState()
+        /// What the daemon last said of the VRFs following the instance (`updateHold`).
+        var lastHold = FailbackHold.none
     }
 
     /// How long an instance that became master while held down, and while a master peer was
@@ -140,6 +144,8 @@ actor VRRPSupervisor {
     private var stateTasks: [Task<Void, Never>] = []
     /// The `vrrp_script` loops (cancelled at shutdown).
     private var scriptTasks: [Task<Void, Never>] = []
+    /// For `show vrrp`: whether the virtual addresses are on their interfaces.
+    private var route: NetlinkRoute?
     private var linkThread: LinkThread?
     /// The consumer of the link thread's changes (in order).
     private var linkChanges: Task<Void, Never>?
@@ -237,6 +243,7 @@ actor VRRPSupervisor {
             throw error
         }
         for m in opened { members[m.spec.name] = m }
+        self.route = route
         // Starting states of what is tracked.
         var names = Set<String>()
         for m in opened {
@@ -336,6 +343,7 @@ actor VRRPSupervisor {
         guard var m = members[name] else { return false }
         let wasHeld = m.hold.isHeld
         let event = m.hold.update(now: ContinuousClock.now, hold: hold, settle: Self.masterSettle(spec))
+        m.lastHold = hold
         members[name] = m
         switch event {
         case .held:
@@ -524,6 +532,40 @@ actor VRRPSupervisor {
                                       statistics: await m.runner.statistics))
         }
         return out
+    }
+
+    /// `show vrrp`: every instance (or only `only`) and the sync groups (those holding `only`).
+    func showReport(instance only: String?) async -> VRRPReport {
+        var snapshots: [String: VRRPRunnerSnapshot] = [:]
+        for name in members.keys.sorted() {
+            if let runner = members[name]?.runner { snapshots[name] = await runner.snapshot }
+        }
+        // The kernel's addresses, once per interface named.
+        var onInterface: [String: [RouteAddress]?] = [:]
+        func held(_ a: VirtualAddressSpec, _ interface: String) -> Bool? {
+            let dev = a.dev ?? interface
+            if onInterface[dev] == nil {
+                onInterface[dev] = .some(try? route?.addresses(interface: dev).map(\.address))
+            }
+            guard let list = onInterface[dev]!, let want = RouteAddress(a.address) else { return nil }
+            return list.contains(want)
+        }
+        let now = ContinuousClock.now
+        var instances: [VRRPInstanceReport] = []
+        for spec in config.vrrpInstances where only == nil || only == spec.name {
+            guard let m = members[spec.name], let snapshot = snapshots[spec.name] else { continue }
+            var found: [VirtualAddressSpec: Bool?] = [:]
+            for a in spec.virtualAddresses + spec.excludedAddresses { found[a] = held(a, spec.interface) }
+            let heldBy = found
+            instances.append(VRRPShow.instance(VRRPShow.Inputs(
+                spec: spec, snapshot: snapshot, interfaceUp: interfaceUp, scriptOK: scriptOK, effectivePriority: m.priority,
+                fault: m.fault, hold: m.hold, lastHold: m.lastHold, now: now, held: { heldBy[$0] ?? nil })))
+        }
+        let states = snapshots.mapValues(\.performedState)
+        let groups = config.vrrpSyncGroups
+            .filter { only == nil || $0.members.contains(only!) }
+            .map { VRRPShow.syncGroup($0, states: states) }
+        return VRRPReport(instances: instances, syncGroups: groups)
     }
 
     /// Every instance leaves (a master sends priority 0 and removes its addresses), then the

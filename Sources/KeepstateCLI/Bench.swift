@@ -25,7 +25,9 @@ struct Bench: AsyncParsableCommand {
             kernel events (entries/s, CPU µs per entry of each daemon), full resync after a \
             sync connection loss, resync after a restart of the master's daemon against the \
             kernel's dump rate, backup memory per entry; medians and ratios to conntrackd.
-            Example: keepstate bench --conntracks 1000000 --runs 3
+
+            Examples:
+              keepstate bench --conntracks 1000000 --runs 3
               keepstate bench --conntrackd --comparison-only --comparison-entries 1000000 --runs 3
             """)
 

@@ -9,11 +9,13 @@ struct CheckConfig: ParsableCommand {
         commandName: "check-config",
         abstract: "Validate a configuration file without starting anything.",
         discussion: """
-            Prints every error as FILE:LINE:COLUMN: error: MESSAGE and exits 1 if there is any; \
+            Prints every error as FILE:LINE:COLUMN: error: MESSAGE and exits 3 if there is any; \
             prints a summary and exits 0 otherwise. The TLS files named by each VRF are loaded \
             too (skip with --skip-files when checking a file for another machine).
 
-            Example: keepstate check-config /etc/keepstate/keepstate.conf
+            Examples:
+              keepstate check-config /etc/keepstate/keepstate.conf
+              keepstate check-config --skip-files ha2.conf     # a file for another machine
             """)
 
     @Argument(help: "The configuration file.")
@@ -29,11 +31,11 @@ struct CheckConfig: ParsableCommand {
             if !skipFiles { try config.validateFiles() }
         } catch {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
-            throw ExitCode(1)
+            throw KeepstateExit.invalidConfig
         }
         let refusals = VRRPSupport.refusals(config)
         for r in refusals { FileHandle.standardError.write(Data("\(r)\n".utf8)) }
-        if !refusals.isEmpty { throw ExitCode(1) }
+        if !refusals.isEmpty { throw KeepstateExit.invalidConfig }
         if !skipFiles {
             var failed = false
             for vrf in config.vrfs {
@@ -45,7 +47,7 @@ struct CheckConfig: ParsableCommand {
                     failed = true
                 }
             }
-            if failed { throw ExitCode(1) }
+            if failed { throw KeepstateExit.invalidConfig }
         }
         print(Self.summary(config, file: file), terminator: "")
     }

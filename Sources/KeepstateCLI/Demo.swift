@@ -15,8 +15,11 @@ struct Demo: AsyncParsableCommand {
             checks that ha2 holds exactly ha1's table, then fails over to ha2, restarts ha1 with \
             an empty table and checks that ha2 resyncs it. Exits 1 if any table differs.
 
-            No root, kernel or network namespace is involved: this shows the sync engine alone. \
-            Example: keepstate demo --conntracks 100000 --operations 1000000 --kills 50
+            No root, kernel or network namespace is involved: this shows the sync engine alone.
+
+            Examples:
+              keepstate demo
+              keepstate demo --conntracks 100000 --operations 1000000 --kills 50
             """)
 
     @Option(help: "Conntracks in ha1's table before the sync starts.")

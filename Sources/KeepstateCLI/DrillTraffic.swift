@@ -195,7 +195,9 @@ struct DrillTraffic: ParsableCommand {
         abstract: "The failover drill's traffic generator (run by `keepstate drill`).",
         discussion: """
             Runs until `stop` or the end of standard input, then prints its report as one line \
-            of JSON. Example (what the drill runs, each inside its namespace):
+            of JSON.
+
+            Example (what the drill runs, each inside its namespace):
               keepstate drill-traffic server --address 198.51.100.10 --port 7000
               keepstate drill-traffic client --server 198.51.100.10 --port 7000 --tcp 100 --udp 20
             """,
@@ -205,7 +207,10 @@ struct DrillTraffic: ParsableCommand {
     struct Server: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "TCP and UDP echo. Prints `ready`, then the report after `stop`.",
-            discussion: "Example: keepstate drill-traffic server --address 198.51.100.10 --port 7000")
+            discussion: """
+                Example:
+                  keepstate drill-traffic server --address 198.51.100.10 --port 7000
+                """)
         @Option(help: "Address to listen on.") var address = "0.0.0.0"
         @Option(help: "TCP and UDP port.") var port: UInt16 = 7000
         @Option(help: "Milliseconds per loop turn.") var tickMs = 2
@@ -225,7 +230,9 @@ struct DrillTraffic: ParsableCommand {
                 Prints `ready` once every flow has had a reply. Commands on standard input: \
                 `mark T` (a time of interest, CLOCK_MONOTONIC ns), `since T` (answers one line of \
                 JSON: flows replied after T), `stop` (then the report).
-                Example: keepstate drill-traffic client --server 198.51.100.10 --tcp 100 --udp 20
+
+                Example:
+                  keepstate drill-traffic client --server 198.51.100.10 --tcp 100 --udp 20
                 """)
         @Option(help: "The echo server's address.") var server: String
         @Option(help: "TCP and UDP port of the server.") var port: UInt16 = 7000

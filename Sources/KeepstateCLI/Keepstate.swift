@@ -12,11 +12,16 @@ public struct Keepstate: AsyncParsableCommand {
             backup over several mutually authenticated TLS connections, so that the backup can \
             take over without resetting connections.
 
-            Start here:
-              keepstate pki init --dir /etc/keepstate                 # a CA for the sync links
-              keepstate pki issue --dir /etc/keepstate --name ha1 --address 10.150.0.1
+            Examples (start here; docs/operations.md has the whole path to a running pair):
+              keepstate pki init --dir /etc/keepstate/pki             # a CA for the sync links
+              keepstate pki issue --dir /etc/keepstate/pki --name ha1 --address 10.150.0.1
               keepstate check-config /etc/keepstate/keepstate.conf    # file:line:col errors
+              keepstate run --config /etc/keepstate/keepstate.conf    # the daemon (systemd: Examples/)
+              keepstate show state                                    # what the daemon does
               keepstate demo                                          # two nodes in one process
+
+            Exit codes: 0 ok, 1 refused by the daemon or failed, 2 daemon not reachable, 3 invalid \
+            configuration, 64 usage error (docs/operations.md).
             """,
         version: "0.1.0",
         subcommands: [Run.self, CheckConfig.self, Show.self, SetState.self, Sync.self, Reload.self, PKICommand.self, Demo.self, Bench.self, Drill.self, DrillTraffic.self]

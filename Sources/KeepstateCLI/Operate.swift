@@ -1,9 +1,26 @@
 import ArgumentParser
+import Config
 public import Daemon
 import Foundation
 import Logging
 import ServiceLifecycle
 public import SyncEngine
+
+/// The exit codes of `keepstate` (docs/operations.md, "Exit codes").
+enum KeepstateExit {
+    static let ok = ExitCode(0)
+    /// The daemon answered the request with an error (unknown VRF, group or instance, sync on a
+    /// backup, reload refused), or a command failed (the demo's tables differ, pki refused to
+    /// overwrite a file, the daemon stopped on an error).
+    static let refused = ExitCode(1)
+    /// The daemon could not be reached: no socket file, nobody listening on it, permission
+    /// denied, no reply in time, or a reply that is not understood.
+    static let unreachable = ExitCode(2)
+    /// The configuration is invalid (`check-config`, and `run` refusing to start on it).
+    static let invalidConfig = ExitCode(3)
+    /// A command-line usage error (swift-argument-parser's EX_USAGE).
+    static let usage = ExitCode(64)
+}
 
 /// Options every command that talks to the daemon shares.
 struct SocketOptions: ParsableArguments {
@@ -14,32 +31,42 @@ struct SocketOptions: ParsableArguments {
         do {
             return try ControlClient.send(request, socketPath: socket)
         } catch {
-            // Exit code 2: the daemon could not be reached (docs/operations.md).
             FileHandle.standardError.write(Data("keepstate: \(error)\n".utf8))
-            throw ExitCode(2)
+            throw KeepstateExit.unreachable
         }
     }
 }
 
-/// Prints the reply as JSON or hands it to `render`; a refused request exits 1.
-func finish(_ reply: ControlReply, json: Bool, render: (ControlReply) -> String) throws {
+/// Writes a reply's output (`ShowRender`): JSON with `json`, the human text of an `ok` reply
+/// otherwise. A refused request says why on standard error and exits 1.
+func finish(_ reply: ControlReply, for command: ControlCommand, json: Bool) throws {
     if json {
-        FileHandle.standardOutput.write(reply.encodedLine())
+        FileHandle.standardOutput.write(Data(ShowRender.json(reply).utf8))
     } else if reply.ok {
-        let text = render(reply)
-        if !text.isEmpty { emit(text) }
+        FileHandle.standardOutput.write(Data(ShowRender.human(reply, for: command).utf8))
     }
     if !reply.ok {
-        FileHandle.standardError.write(Data("keepstate: \(reply.error ?? "request refused")\n".utf8))
-        throw ExitCode(1)
+        FileHandle.standardError.write(Data("keepstate: \(refusal(reply, for: command))\n".utf8))
+        throw KeepstateExit.refused
     }
+}
+
+/// What standard error says of a refused request.
+func refusal(_ reply: ControlReply, for command: ControlCommand) -> String {
+    let error = reply.error ?? "no reason given"
+    if error.contains(#"bad value for "command""#) {
+        return "the daemon does not know the command \(command.rawValue): it runs an older keepstate than this one; "
+            + "restart it (systemctl restart keepstate) to run the installed version"
+    }
+    return "\(command.rawValue) refused by the daemon: \(error)"
 }
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the daemon.",
         discussion: """
-            Loads the configuration (refusing to start on any error, with file:line:col), opens \
+            Loads the configuration (refusing to start on any error, with file:line:col, exit \
+            code 3), opens \
             the control socket, every VRF's conntrack table and sync connections, and runs until \
             SIGTERM or SIGINT. SIGHUP (or `keepstate reload`) reloads the configuration; an \
             invalid one is refused and the running one stays. Under systemd (Type=notify) it \
@@ -65,6 +92,19 @@ struct Run: AsyncParsableCommand {
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
         }
+        // An invalid configuration exits 3 (systemd does not restart the unit for it), before
+        // anything starts; the daemon loads the file again when it starts.
+        do {
+            let loaded = try ConfigLoader.load(path: config)
+            let refusals = VRRPSupport.refusals(loaded)
+            if !refusals.isEmpty {
+                FileHandle.standardError.write(Data(refusals.map { "\($0)\n" }.joined().utf8))
+                throw KeepstateExit.invalidConfig
+            }
+        } catch let errors as ConfigErrors {
+            FileHandle.standardError.write(Data("\(errors)\nkeepstate: the configuration is invalid; nothing started\n".utf8))
+            throw KeepstateExit.invalidConfig
+        }
         var logger = Logger(label: "keepstate")
         logger.logLevel = level
         let service = DaemonService(
@@ -76,9 +116,12 @@ struct Run: AsyncParsableCommand {
             logger: logger))
         do {
             try await group.run()
+        } catch let errors as ConfigErrors {
+            FileHandle.standardError.write(Data("\(errors)\nkeepstate: the configuration is invalid; nothing started\n".utf8))
+            throw KeepstateExit.invalidConfig
         } catch {
             FileHandle.standardError.write(Data("keepstate: \(error)\n".utf8))
-            throw ExitCode(1)
+            throw KeepstateExit.refused
         }
     }
 }
@@ -86,7 +129,42 @@ struct Run: AsyncParsableCommand {
 struct Show: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show the daemon's state.",
-        subcommands: [ShowState.self, ShowPeerCommand.self, ShowConntracks.self])
+        discussion: """
+            Each asks the running daemon over its control socket; --json prints the reply as one \
+            line of JSON with sorted keys (schema in docs/operations.md).
+
+            Examples:
+              keepstate show state
+              keepstate show peer --vrf main
+              keepstate show vrrp --instance VI_1
+              keepstate show conntracks --vrf main --unsynced
+            """,
+        subcommands: [ShowState.self, ShowPeerCommand.self, ShowVRRP.self, ShowConntracks.self])
+}
+
+struct ShowVRRP: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vrrp",
+        abstract: "VRRP instances (state, priorities, master, addresses, tracking, failback hold) and sync groups.",
+        discussion: """
+            Per vrrp_instance: its state and since when, the configured priority, the priority \
+            after tracking and the one advertised (1 while the failback hold-down holds it, with \
+            the reason), the master's address as last heard, the advert interval, preempt, every \
+            virtual address and whether this node holds it, every tracked interface and script \
+            with its status and weight, the fault's reason; per vrrp_sync_group its members. \
+            Without VRRP in the configuration it says so (and exits 0).
+
+            Examples:
+              keepstate show vrrp
+              keepstate show vrrp --instance VI_1 --json
+            """)
+    @OptionGroup var socket: SocketOptions
+    @Option(help: "Only this vrrp_instance (and the sync group it is in).") var instance: String?
+    @Flag(help: "The reply as JSON (schema in docs/operations.md).") var json = false
+
+    func run() throws {
+        try finish(try socket.send(ControlRequest(command: .showVRRP, instance: instance)), for: .showVRRP, json: json)
+    }
 }
 
 struct ShowState: ParsableCommand {
@@ -103,9 +181,7 @@ struct ShowState: ParsableCommand {
     @Flag(help: "The reply as JSON (schema in docs/operations.md).") var json = false
 
     func run() throws {
-        try finish(try socket.send(ControlRequest(command: .showState, vrf: vrf)), json: json) { r in
-            r.state.map(ShowRender.state) ?? ""
-        }
+        try finish(try socket.send(ControlRequest(command: .showState, vrf: vrf)), for: .showState, json: json)
     }
 }
 
@@ -114,17 +190,16 @@ struct ShowPeerCommand: ParsableCommand {
         commandName: "peer",
         abstract: "Per peer, per sync connection and local node statistics.",
         discussion: """
-            Example:
-              keepstate show peer --vrf main
+            Examples:
+              keepstate show peer
+              keepstate show peer --vrf main --json
             """)
     @OptionGroup var socket: SocketOptions
     @Option(help: "Only this VRF.") var vrf: String?
     @Flag(help: "The reply as JSON (schema in docs/operations.md).") var json = false
 
     func run() throws {
-        try finish(try socket.send(ControlRequest(command: .showPeer, vrf: vrf)), json: json) { r in
-            (r.peers ?? []).map(ShowPeer.render).joined(separator: "\n")
-        }
+        try finish(try socket.send(ControlRequest(command: .showPeer, vrf: vrf)), for: .showPeer, json: json)
     }
 }
 
@@ -155,9 +230,7 @@ struct ShowConntracks: ParsableCommand {
 
     func run() throws {
         let request = ControlRequest(command: .showConntracks, vrf: vrf, unsynced: unsynced ? true : nil, limit: unsynced ? limit : nil)
-        try finish(try socket.send(request), json: json) { r in
-            (r.conntracks ?? []).map(ShowRender.conntracks).joined(separator: "\n")
-        }
+        try finish(try socket.send(request), for: .showConntracks, json: json)
     }
 }
 
@@ -167,11 +240,16 @@ struct SetState: ParsableCommand {
         abstract: "Override an HA group's state: master, backup, or auto (follow its driver again).",
         discussion: """
             The override survives a reload and shows in `keepstate show state`; a restart \
-            clears it.
+            clears it. On a VRRP group it sets what the VRFs following the group do, not what \
+            VRRP advertises.
 
-            Example (planned failover from ha1 to ha2):
-              keepstate sync --vrf main            # on ha1
-              keepstate set-state ha-group1 backup # on ha1
+            Examples:
+              keepstate set-state ha-group1 backup   # this node gives the group up
+              keepstate set-state ha-group1 auto     # back to its driver (static state or VRRP)
+
+            A planned failover from ha1 to ha2: on ha1 `keepstate sync --vrf main`, wait for \
+            the log line `forced synchronization complete`, then `keepstate set-state ha-group1 \
+            backup` on ha1 and `keepstate set-state ha-group1 master` on ha2.
             """)
     @OptionGroup var socket: SocketOptions
     @Argument(help: "The HA group.") var group: String
@@ -179,7 +257,7 @@ struct SetState: ParsableCommand {
     @Flag(help: "The reply as JSON.") var json = false
 
     func run() throws {
-        try finish(try socket.send(ControlRequest(command: .setState, group: group, state: state)), json: json) { $0.message ?? "" }
+        try finish(try socket.send(ControlRequest(command: .setState, group: group, state: state)), for: .setState, json: json)
     }
 }
 
@@ -196,7 +274,7 @@ struct Reload: ParsableCommand {
     @Flag(help: "The reply as JSON.") var json = false
 
     func run() throws {
-        try finish(try socket.send(ControlRequest(command: .reload)), json: json) { $0.message ?? "" }
+        try finish(try socket.send(ControlRequest(command: .reload)), for: .reload, json: json)
     }
 }
 
@@ -219,7 +297,7 @@ struct Sync: ParsableCommand {
     @Flag(help: "The reply as JSON.") var json = false
 
     func run() throws {
-        try finish(try socket.send(ControlRequest(command: .sync, vrf: vrf)), json: json) { $0.message ?? "" }
+        try finish(try socket.send(ControlRequest(command: .sync, vrf: vrf)), for: .sync, json: json)
     }
 }
 
@@ -260,6 +338,7 @@ public enum ShowRender {
 
     public static func conntracks(_ c: ConntrackCounts) -> String {
         var out = "show-conntracks vrf \(c.vrf)\n"
+        if let r = c.role { out += "    role \(r)\n" }
         out += "    synced\n"
         for proto in c.synced.keys.sorted() {
             let states = c.synced[proto]!

@@ -23,7 +23,10 @@ struct PKICommand: ParsableCommand {
     struct Init: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Create a CA: DIR/ca.pem (certificate) and DIR/ca.key (private key, mode 0600).",
-            discussion: "Example: keepstate pki init --dir /etc/keepstate/pki")
+            discussion: """
+                Example:
+                  keepstate pki init --dir /etc/keepstate/pki
+                """)
 
         @Option(help: "Directory for ca.pem and ca.key (created if missing).")
         var dir: String
@@ -44,7 +47,10 @@ struct PKICommand: ParsableCommand {
     struct Issue: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Issue a node certificate: DIR/NAME.pem and DIR/NAME.key, signed by DIR/ca.pem.",
-            discussion: "Example: keepstate pki issue --dir /etc/keepstate/pki --name ha1 --address 10.150.0.1")
+            discussion: """
+                Example:
+                  keepstate pki issue --dir /etc/keepstate/pki --name ha1 --address 10.150.0.1
+                """)
 
         @Option(help: "Directory holding ca.pem and ca.key; the node files are written there too.")
         var dir: String
@@ -62,8 +68,10 @@ struct PKICommand: ParsableCommand {
         var force = false
 
         func run() throws {
-            let caCert = try FileOutput.read("\(dir)/ca.pem", what: "the CA certificate (run `keepstate pki init` first)")
-            let caKey = try FileOutput.read("\(dir)/ca.key", what: "the CA key")
+            let caCert = try FileOutput.read("\(dir)/ca.pem", what: "the CA certificate",
+                                             fix: "run `keepstate pki init --dir \(dir)` first, or pass the --dir that holds ca.pem")
+            let caKey = try FileOutput.read("\(dir)/ca.key", what: "the CA key",
+                                            fix: "issue certificates where ca.key is (where `keepstate pki init` ran)")
             let pair = try PKI.issue(name: name, addresses: address, ca: PEMPair(certificate: caCert, privateKey: caKey), validDays: days)
             try FileOutput.write(pair, dir: dir, name: name, force: force)
             print("created \(dir)/\(name).pem and \(dir)/\(name).key (DNS:\(name)\(address.map { ", IP:\($0)" }.joined()))")
@@ -76,9 +84,9 @@ enum FileOutput {
         var description: String
     }
 
-    static func read(_ path: String, what: String) throws -> String {
+    static func read(_ path: String, what: String, fix: String) throws -> String {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            throw Refused(description: "cannot read \(what) at \(path)")
+            throw Refused(description: "cannot read \(what) at \(path): \(fix)")
         }
         return text
     }

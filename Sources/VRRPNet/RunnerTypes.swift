@@ -173,6 +173,25 @@ public struct VRRPStateChange: Sendable, Equatable, Hashable {
     }
 }
 
+/// The last advert that passed every receive check: in Backup, the master's (as last seen).
+public struct VRRPAdvertSeen: Sendable, Equatable, Hashable {
+    /// The advert's IP source: the sender's primary address.
+    public var source: VRRPAddress
+    /// The priority it advertised (0: its sender was leaving Master).
+    public var priority: UInt8
+    /// Its Max Adver Int in centiseconds (v2: whole seconds converted).
+    public var advertIntervalCentiseconds: UInt16
+    /// When the runner accepted it (the runner's clock).
+    public var at: VRRPInstant
+
+    public init(source: VRRPAddress, priority: UInt8, advertIntervalCentiseconds: UInt16, at: VRRPInstant) {
+        self.source = source
+        self.priority = priority
+        self.advertIntervalCentiseconds = advertIntervalCentiseconds
+        self.at = at
+    }
+}
+
 /// Counters of one runner.
 public struct VRRPRunnerStatistics: Sendable, Equatable {
     public var advertsSent = 0
@@ -187,6 +206,8 @@ public struct VRRPRunnerStatistics: Sendable, Equatable {
     public var transitions = 0
     public var becameMaster = 0
     public var lastTransition: VRRPStateChange?
+    /// The last accepted advert (nil: none since the start).
+    public var lastAdvert: VRRPAdvertSeen?
     public var announcementsSent = 0
     public var announcementErrors = 0
     public var addressErrors = 0
@@ -194,6 +215,25 @@ public struct VRRPRunnerStatistics: Sendable, Equatable {
     public init() {}
 
     public var totalDrops: Int { drops.values.reduce(0, +) }
+}
+
+/// What `keepstate show vrrp` reads of a runner, in one hop to its event loop.
+public struct VRRPRunnerSnapshot: Sendable, Equatable {
+    /// A copy of the state machine (its priority, the learned Master_Adver_Interval, timers).
+    public var instance: VRRPInstanceState
+    public var statistics: VRRPRunnerStatistics
+    /// The state of the last transition performed (reported on `stateChanges`); the state
+    /// machine's own may be ahead of it for as long as queued actions run.
+    public var performedState: VRRPState
+    /// The runner's clock at the read.
+    public var now: VRRPInstant
+
+    public init(instance: VRRPInstanceState, statistics: VRRPRunnerStatistics, performedState: VRRPState, now: VRRPInstant) {
+        self.instance = instance
+        self.statistics = statistics
+        self.performedState = performedState
+        self.now = now
+    }
 }
 
 /// Logs a key at most once per interval and counts what it held back (pure).

@@ -97,6 +97,10 @@ public actor VRRPRunner {
     /// A copy of the state machine (timers, priority, learned interval).
     public var instance: VRRPInstanceState { machine }
     public var statistics: VRRPRunnerStatistics { stats }
+    /// The state machine, the counters and the state last performed, read at one instant.
+    public var snapshot: VRRPRunnerSnapshot {
+        VRRPRunnerSnapshot(instance: machine, statistics: stats, performedState: reportedState, now: now())
+    }
 
     /// Starts receiving and enters Backup (or Master for the address owner). Once only.
     public func start() {
@@ -218,6 +222,9 @@ public actor VRRPRunner {
                 drop(VRRPDropReason(d), detail: d.description, source: p.header.source, now: now)
             case .success(let advert):
                 stats.advertsReceived += 1
+                let interval = advert.packet.version == .v2 ? advert.packet.advertInterval * 100 : advert.packet.advertInterval
+                stats.lastAdvert = VRRPAdvertSeen(source: p.header.source, priority: advert.packet.priority,
+                                                  advertIntervalCentiseconds: interval, at: now)
                 for w in advert.warnings {
                     stats.warnings += 1
                     if let held = logLimiter.admit("warning.\(w)", now: now) {

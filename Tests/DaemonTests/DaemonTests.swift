@@ -215,6 +215,23 @@ struct DaemonTests {
         await pair.stop()
     }
 
+    @Test("show-vrrp without VRRP: ok with empty lists; an unknown instance is refused; a version-1 request without the new fields still works")
+    func showVRRPWithoutVRRP() async throws {
+        let pair = try DaemonPair()
+        try await pair.start("ha1", state: "MASTER")
+        let reply = try await pair.request("ha1", ControlRequest(command: .showVRRP))
+        #expect(reply.ok && reply.vrrp == VRRPReport())
+        #expect(String(decoding: reply.encodedLine(), as: UTF8.self).contains(#""vrrp":{"instances":[],"syncGroups":[]}"#))
+        let refused = try await pair.request("ha1", ControlRequest(command: .showVRRP, instance: "VI_1"))
+        #expect(!refused.ok && refused.error == "no vrrp_instance VI_1: the configuration has no VRRP")
+        // A client from before show-vrrp: its requests have no `instance` and decode the same.
+        let path = pair.socket("ha1")
+        let old = try await offPool { try ControlClient.exchange(Data(#"{"version":1,"command":"show-state"}"#.utf8 + [0x0A]), socketPath: path) }
+        let decoded = try JSONDecoder().decode(ControlReply.self, from: old)
+        #expect(decoded.ok && decoded.state?.routerID == "ha1" && decoded.vrrp == nil)
+        await pair.stop()
+    }
+
     @Test("the control socket answers malformed, oversized and concurrent requests, and stays up")
     func controlSocketAbuse() async throws {
         let pair = try DaemonPair()

@@ -79,6 +79,15 @@ struct DaemonProcessTests {
 
         #expect(notify.next(within: 30)?.hasPrefix("READY=1") == true)
         #expect(try state(socket)?.state == "master")
+        // The commands against the running daemon: no VRRP here (said, exit 0), a refusal exits 1.
+        let none = try ExitCodeTests.keepstate(["show", "vrrp", "--socket", socket])
+        #expect(none.status == 0 && none.stdout == "show-vrrp: no VRRP configured (the configuration has no vrrp_instance)\n", "\(none)")
+        let noneJSON = try ExitCodeTests.keepstate(["show", "vrrp", "--json", "--socket", socket])
+        #expect(noneJSON.status == 0 && noneJSON.stdout.contains(#""vrrp":{"instances":[],"syncGroups":[]}"#), "\(noneJSON)")
+        let refused = try ExitCodeTests.keepstate(["sync", "--vrf", "nope", "--socket", socket])
+        #expect(refused.status == 1 && refused.stderr == "keepstate: sync refused by the daemon: no VRF nope (configured: main)\n", "\(refused)")
+        let shown = try ExitCodeTests.keepstate(["show", "state", "--socket", socket])
+        #expect(shown.status == 0 && shown.stdout.hasPrefix("show-state router t1\n"), "\(shown)")
 
         try write("BACKUP")
         kill(p.processIdentifier, SIGHUP)

@@ -1,4 +1,4 @@
-import Daemon
+@testable import Daemon
 import Foundation
 import Glibc
 import Testing
@@ -17,6 +17,11 @@ struct DaemonVRRPTests {
     func group(_ socket: String, _ name: String) -> GroupReport? {
         (try? ControlClient.send(ControlRequest(command: .showState), socketPath: socket, timeout: .seconds(2)))?
             .state?.groups.first { $0.name == name }
+    }
+
+    func vrrp(_ socket: String, _ name: String) -> VRRPInstanceReport? {
+        (try? ControlClient.send(ControlRequest(command: .showVRRP), socketPath: socket, timeout: .seconds(2)))?
+            .vrrp?.instances.first { $0.name == name }
     }
 
     /// `keepstate run` in `host`'s namespace, killed by the segment's teardown if still running.
@@ -93,6 +98,18 @@ struct DaemonVRRPTests {
             let g = try #require(group(socket, "VI_1"))
             #expect(g.kind == "vrrp-instance" && g.vrrpState == "master" && g.vrrpPriority == 150 && g.vrrpFault == nil)
             #expect(await labPoll(timeout: .seconds(5)) { group(socket, "G")?.state == "master" && group(socket, "G")?.kind == "vrrp-sync-group" })
+            // show vrrp: this node is the master and holds the address; VI_2 tracks trk0 (up).
+            let shown = try #require(vrrp(socket, "VI_1"))
+            #expect(shown.state == "master" && shown.masterAddress == "192.0.2.1" && shown.primaryAddress == "192.0.2.1")
+            #expect(shown.vrid == 51 && shown.version == 3 && shown.interface == "veth0" && shown.advertInterval == 0.1)
+            #expect(shown.configuredPriority == 150 && shown.trackedPriority == 150 && shown.effectivePriority == 150)
+            #expect(shown.virtualAddresses.map { "\($0.address)/\($0.prefixLength) \($0.held.map(String.init) ?? "?")" } == ["\(Self.vip)/24 true"])
+            #expect(shown.syncGroup == "G" && shown.statistics.advertsSent > 0 && shown.since != nil)
+            #expect(vrrp(socket, "VI_2")?.trackInterfaces == [VRRPTrackReport(name: "trk0", status: "up", weight: 0, reverse: false, delta: 0)])
+            let human = try ExitCodeTests.keepstate(["show", "vrrp", "--instance", "VI_2", "--socket", socket])
+            #expect(human.status == 0, "\(human.stderr)")
+            #expect(human.stdout.hasPrefix("show-vrrp\n    vrrp_instance VI_2\n") && human.stdout.contains("            trk0 up weight 0: fault when down\n")
+                    && human.stdout.contains("    vrrp_sync_group G\n        state master\n        member VI_1 master\n"), "\(human.stdout)")
 
             // The tracked interface goes down: FAULT, the address leaves, keepalived takes over.
             try ours.namespace.must(["ip", "link", "set", "trk0", "down"])
@@ -107,6 +124,15 @@ struct DaemonVRRPTests {
                 group(socket, "VI_2")?.vrrpFault?.contains("trk0") == true && !ours.namespace.has(Self.vip2, on: "veth0")
             }, "VI_2: \(String(describing: group(socket, "VI_2")))")
             #expect(group(socket, "G")?.state == "backup")
+            // show vrrp: FAULT with its reason, the address not held, keepalived's address as the master.
+            #expect(await labPoll(timeout: .seconds(5)) { vrrp(socket, "VI_1")?.masterAddress == "192.0.2.2" },
+                    "\(String(describing: vrrp(socket, "VI_1")))")
+            let faulty = try #require(vrrp(socket, "VI_2"))
+            #expect(faulty.state == "fault" && faulty.fault?.contains("trk0") == true)
+            #expect(faulty.trackInterfaces.map(\.status) == ["down"] && faulty.virtualAddresses.map(\.held) == [false])
+            #expect(vrrp(socket, "VI_1")?.virtualAddresses.map(\.held) == [false])
+            let groups = (try? ControlClient.send(ControlRequest(command: .showVRRP, instance: "VI_2"), socketPath: socket))?.vrrp
+            #expect(groups?.instances.map(\.name) == ["VI_2"] && groups?.syncGroups.map(\.state) == ["fault"])
 
             // Back up: ours preempts keepalived again.
             try ours.namespace.must(["ip", "link", "set", "trk0", "up"])
@@ -159,6 +185,20 @@ struct DaemonVRRPTests {
                 group(socket, "VI_1")?.vrrpPriority == 1 && group(socket, "VI_1")?.vrrpState == "backup"
             }, "\(String(describing: group(socket, "VI_1")))\n\(daemon.output.suffix(2000))")
             #expect(theirs.namespace.has(Self.vip, on: "veth0") && !ours.namespace.has(Self.vip, on: "veth0"))
+            // show vrrp says why: held down for VRF main, keepalived is the master.
+            var seen: VRRPInstanceReport?
+            let read = await labPoll(timeout: .seconds(3)) {
+                seen = vrrp(socket, "VI_1")
+                return seen?.failbackHold.held == true && seen?.masterAddress == "192.0.2.2"
+            }
+            if read, let held = seen {
+                #expect(held.effectivePriority == 1 && held.configuredPriority == 150 && held.trackedPriority == 150)
+                #expect(held.failbackHold.vrfsBehind == ["main"] && held.failbackHold.bound == 3)
+                #expect(held.failbackHold.reason?.hasPrefix("VRF main does not hold the master's whole table yet") == true)
+                #expect(held.lastAdvert?.source == "192.0.2.2" && held.lastAdvert?.priority == 100)
+            } else if ContinuousClock.now - started < .seconds(3) {
+                Issue.record("held, but show vrrp says: \(String(describing: seen))")
+            }
             // failback_hold_max (3 s) runs out: priority 150 again, and ours preempts.
             #expect(await labPoll(timeout: .seconds(15)) {
                 group(socket, "VI_1")?.vrrpState == "master" && ours.namespace.has(Self.vip, on: "veth0")
