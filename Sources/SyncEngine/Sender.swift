@@ -26,6 +26,8 @@ final class ShareConnection: @unchecked Sendable {
     private var retryWithVersion2 = false
     /// Whether this connection's peer takes RULESET messages (both hellos said version 3).
     private var rulesetCapable = false
+    /// The ruleset fingerprint this connection's hello carried.
+    private var helloRuleset: RulesetFingerprint?
 
     private var sender: ShareSender
     private var session = SenderSession()
@@ -216,6 +218,7 @@ final class ShareConnection: @unchecked Sendable {
             connectionCount: UInt16(settings.connections), fingerprint: settings.fingerprint(forVersion: helloVersion),
             settings: settings.syncSettings(forVersion: helloVersion),
             ruleset: helloVersion >= SyncWire.rulesetVersion ? monitor.localRulesetForWire : nil)
+        helloRuleset = hello.ruleset
         var buffer = channel.allocator.buffer(capacity: 256)
         buffer.writeSyncMessage(.hello(hello), sequence: session.takeSequence())
         channel.writeAndFlush(buffer, promise: nil)
@@ -246,6 +249,10 @@ final class ShareConnection: @unchecked Sendable {
                 monitor.heard(PeerConfiguration(
                     nodeID: ack.nodeID, version: ack.version, settings: ack.settings, ruleset: ack.ruleset))
                 rulesetCapable = ack.version >= SyncWire.rulesetVersion && helloVersion >= SyncWire.rulesetVersion
+                // A check that ended while the hello was on its way: its RULESET was not sent
+                // (the connection was not ready), so it goes now.
+                let current = monitor.localRulesetForWire
+                if rulesetCapable, current != helloRuleset { sendRuleset(current) }
                 sender.setConnected(true)
                 schedulePump()
             case .refused(let ack):

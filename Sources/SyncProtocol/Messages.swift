@@ -12,6 +12,9 @@ public enum SyncWire {
     public static let minimumVersion: UInt16 = 1
     /// The first version with the ruleset fingerprint.
     public static let rulesetVersion: UInt16 = 3
+    /// The longest `str16` (bytes): encoders cut longer strings at a character boundary,
+    /// decoders refuse them (`invalidField`).
+    public static let maximumString16 = 4096
     /// "KSYN": the first bytes of every hello.
     public static let magic: UInt32 = 0x4B53_594E
     /// Bytes of the frame header: length u32, type u8, sequence u32.
@@ -268,7 +271,7 @@ extension ByteBuffer {
     // Strings longer than their length prefix allows are cut at a character boundary; the
     // validated configuration never produces one.
     mutating func writeString8(_ s: String) { writeLengthPrefixed(Array(s.utf8), max: 255, width: 1, utf8: true) }
-    mutating func writeString16(_ s: String) { writeLengthPrefixed(Array(s.utf8), max: 4096, width: 2, utf8: true) }
+    mutating func writeString16(_ s: String) { writeLengthPrefixed(Array(s.utf8), max: SyncWire.maximumString16, width: 2, utf8: true) }
     mutating func writeBytes8(_ b: [UInt8]) { writeLengthPrefixed(b, max: 255, width: 1, utf8: false) }
 
     private mutating func writeLengthPrefixed(_ bytes: [UInt8], max: Int, width: Int, utf8: Bool) {

@@ -81,6 +81,8 @@ import Testing
         ([1] + digest32 + [0, 2, 1, 0x61, 8, 1, 2, 3, 4, 5, 6, 7, 8, 1, 0x61, 8, 1, 2, 3, 4, 5, 6, 7, 8],
          .invalidField(field: "ruleset part name", reason: "'a' appears twice")),
         ([0, 0, 2, 0xC3, 0x28], .invalidField(field: "ruleset reason", reason: "not valid UTF-8")),
+        // A str16 longer than any encoder writes (it cuts at 4096 bytes).
+        ([0, 0x10, 0x01] + [UInt8](repeating: 0x61, count: 4097), .invalidField(field: "ruleset reason", reason: "4097 bytes, more than 4096")),
     ] as [([UInt8], SyncProtocolError)])
     func badRulesetFields(bytes: [UInt8], error: SyncProtocolError) {
         #expect(Self.decode(.ruleset, bytes).failure == error)
