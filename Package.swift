@@ -134,12 +134,19 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // A VRF's nftables ruleset (`nft -j list ruleset` in its namespace), normalised and
+        // fingerprinted, so that the two nodes can compare theirs (configuration drift).
+        .target(
+            name: "NFTRuleset",
+            dependencies: ["SyncProtocol", "Spawn", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict
+        ),
         // The daemon: HA groups, VRFs (dataplane + sync engine), control socket, metrics, lifecycle.
         .target(
             name: "Daemon",
             dependencies: [
                 "Config", "ConntrackModel", "Dataplane", "KernelDataplane", "SyncEngine", "SyncPolicy", "SyncProtocol",
-                "VRRP", "VRRPNet", "NetlinkRoute", "Spawn", "MetricsHTTP",
+                "VRRP", "VRRPNet", "NetlinkRoute", "Spawn", "MetricsHTTP", "NFTRuleset",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -204,6 +211,8 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "NetlinkRouteTests", dependencies: ["NetlinkRoute", "TestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "NFTRulesetTests", dependencies: ["NFTRuleset", "SyncProtocol", "Spawn", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "KeepstateCLITests",
             dependencies: ["KeepstateCLI", "Config", "Daemon", "SyncEngine", "TestSupport", "VRRPBench", "NetfilterConntrack",

@@ -366,9 +366,23 @@ struct Builder {
         if let t = f["failback_hold_max"] {
             if let v = decimal(t, 0...3600) { hold = v } else { ok = false }
         }
+        var rulesetInterval = SyncConfig.defaultRulesetCheckInterval
+        if let t = f["ruleset_check_interval"], let tok = t.arg {
+            if let v = decimal(t, 0...3600) {
+                if v > 0 && v < SyncConfig.minimumRulesetCheckInterval {
+                    error(tok, "ruleset_check_interval \(tok.text) is too short; expected 0 (no check) or \(fmt(SyncConfig.minimumRulesetCheckInterval)) to 3600 seconds")
+                    ok = false
+                } else {
+                    rulesetInterval = v
+                }
+            } else {
+                ok = false
+            }
+        }
         guard ok, let peer, let group, let tls else { return nil }
         return SyncConfig(peer: peer, listenHAGroup: group, eventThreads: threads, tls: tls,
-                          heartbeatInterval: heartbeat, deadInterval: dead, sendQueueLimit: queue, failbackHoldMax: hold)
+                          heartbeatInterval: heartbeat, deadInterval: dead, sendQueueLimit: queue, failbackHoldMax: hold,
+                          rulesetCheckInterval: rulesetInterval)
     }
 
     mutating func buildPeer(_ st: Statement) -> PeerConfig? {

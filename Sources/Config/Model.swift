@@ -114,8 +114,15 @@ public struct VRFConfig: Sendable, Equatable {
     }
 
     /// Canonical, key-sorted sync-relevant settings; both nodes compare them to detect drift.
+    /// They are the settings whose difference makes a failover (or failback) behave
+    /// differently depending on which node is master (docs/operations.md, "Configuration
+    /// drift"): `tcp_undefined`, the delays and grace periods of each protocol, and
+    /// `failback_hold_max` (when the VRF syncs).
     public func syncSettings() -> [SyncSetting] {
         var out = [SyncSetting(key: "conntrack_timeouts.tcp_undefined", value: String(timeouts.tcpUndefined))]
+        if let sync {
+            out.append(SyncSetting(key: "ha_fp_conntrack.failback_hold_max", value: fmt(sync.failbackHoldMax)))
+        }
         for (proto, d) in [("tcp", delays.tcp), ("udp", delays.udp), ("icmp", delays.icmp)] {
             out.append(SyncSetting(key: "ha_delays.\(proto).synchronization", value: String(d.synchronization)))
             out.append(SyncSetting(key: "ha_delays.\(proto).undefined_grace_period",
@@ -140,6 +147,9 @@ public struct SyncConfig: Sendable, Equatable {
     public static let defaultHeartbeatInterval = 1.0
     public static let defaultSendQueueLimit = 1_048_576
     public static let defaultFailbackHoldMax = 120.0
+    public static let defaultRulesetCheckInterval = 30.0
+    /// The shortest `ruleset_check_interval` other than 0 (each check runs `nft`).
+    public static let minimumRulesetCheckInterval = 0.5
 
     public var peer: PeerConfig
     /// The `ha_group`, `vrrp_instance` or `vrrp_sync_group` whose state this VRF follows
@@ -154,11 +164,15 @@ public struct SyncConfig: Sendable, Equatable {
     /// down (to 1) while, as backup, it has not received a full resync from the master; 0: no
     /// hold-down.
     public var failbackHoldMax: Double
+    /// `ruleset_check_interval`: seconds between two reads of this VRF's nftables ruleset,
+    /// whose fingerprint is compared with the peer's; 0: no ruleset check.
+    public var rulesetCheckInterval: Double
 
     public init(peer: PeerConfig, listenHAGroup: String, eventThreads: Int = SyncConfig.defaultEventThreads,
                 tls: TLSFiles, heartbeatInterval: Double = SyncConfig.defaultHeartbeatInterval,
                 deadInterval: Double? = nil, sendQueueLimit: Int = SyncConfig.defaultSendQueueLimit,
-                failbackHoldMax: Double = SyncConfig.defaultFailbackHoldMax) {
+                failbackHoldMax: Double = SyncConfig.defaultFailbackHoldMax,
+                rulesetCheckInterval: Double = SyncConfig.defaultRulesetCheckInterval) {
         self.peer = peer
         self.listenHAGroup = listenHAGroup
         self.eventThreads = eventThreads
@@ -167,6 +181,7 @@ public struct SyncConfig: Sendable, Equatable {
         self.deadInterval = deadInterval ?? 3 * heartbeatInterval
         self.sendQueueLimit = sendQueueLimit
         self.failbackHoldMax = failbackHoldMax
+        self.rulesetCheckInterval = rulesetCheckInterval
     }
 }
 

@@ -215,6 +215,7 @@ enum Schema {
                 value("dead_interval"),
                 value("send_queue_limit"),
                 value("failback_hold_max"),
+                value("ruleset_check_interval"),
             ]),
             KeySpec(name: "conntrack_timeouts", arity: 0, children: [value("tcp_undefined")]),
             KeySpec(name: "ha_delays", arity: 0, children: [delays("tcp"), delays("udp"), delays("icmp")]),

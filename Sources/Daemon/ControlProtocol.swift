@@ -143,6 +143,19 @@ public struct VRFReport: Codable, Sendable, Equatable {
     public var connectionsEstablished: Int
     public var connections: Int
     public var dataplaneError: String?
+    /// A VRF that syncs: whether this node's configuration differs from its peer's
+    /// (docs/operations.md, "Configuration drift"): `none`, `ruleset`, `settings`, `both`, or
+    /// `unknown` (then `driftReason` says why).
+    public var drift: String?
+    public var driftReason: String?
+    /// What differs, one line each (`table ip nat chain postrouting differs`,
+    /// `conntrack_timeouts.tcp_undefined: here 10, peer 20`).
+    public var driftDetails: [String]?
+    /// This node's normalised ruleset digest (SHA-256, hex), or `unknown (why)`.
+    public var rulesetDigest: String?
+    /// The peer's, as it last said it (absent until it did, and from a peer before protocol
+    /// version 3).
+    public var peerRulesetDigest: String?
 }
 
 public struct StateReport: Codable, Sendable, Equatable {

@@ -29,7 +29,8 @@ extension SyncSettings {
             heartbeatInterval: .nanoseconds(Int64(sync.heartbeatInterval * 1e9)),
             deadInterval: .nanoseconds(Int64(sync.deadInterval * 1e9)),
             queueLimit: sync.sendQueueLimit,
-            syncSettings: vrf.syncSettings().map { SyncSettingPair(key: $0.key, value: $0.value) })
+            syncSettings: vrf.syncSettings().map { SyncSettingPair(key: $0.key, value: $0.value) },
+            rulesetCheck: sync.rulesetCheckInterval > 0)
     }
 
     /// Whether a reload from `self` to `other` needs new sync connections.
@@ -38,7 +39,7 @@ extension SyncSettings {
             || peerAddress != other.peerAddress || peerPort != other.peerPort || listenPort != other.listenPort
             || peerIdentity != other.peerIdentity || connections != other.connections
             || heartbeatInterval != other.heartbeatInterval || deadInterval != other.deadInterval
-            || queueLimit != other.queueLimit || syncSettings != other.syncSettings
+            || queueLimit != other.queueLimit || syncSettings != other.syncSettings || rulesetCheck != other.rulesetCheck
     }
 }
 
@@ -65,6 +66,8 @@ final class VRFRuntime {
     private(set) var tlsFiles: TLSFiles?
     private(set) var role: SyncRole = .backup
     private(set) var lastTakeover: Duration?
+    /// The ruleset check (a VRF that syncs, unless `ruleset_check_interval 0`).
+    private var rulesetWatcher: RulesetWatcher?
     private let group: any EventLoopGroup
     private let logger: Logger
 
@@ -85,10 +88,15 @@ final class VRFRuntime {
             await engine.shutdown()
             self.engine = nil
         }
-        guard let sync = config.sync, let settings = SyncSettings(vrf: config, routerID: routerID) else { return }
+        guard let sync = config.sync, let settings = SyncSettings(vrf: config, routerID: routerID) else {
+            updateRulesetWatcher(engine: nil)
+            return
+        }
         let tls = try TLSMaterial(caPath: sync.tls.ca, certificatePath: sync.tls.certificate, keyPath: sync.tls.key)
         let engine = SyncEngine(settings: settings, tls: tls, dataplane: dataplane, group: group, logger: logger,
                                 policy: PolicySettings(vrf: config))
+        // Before the listener and the connections: the first hellos carry the last fingerprint.
+        updateRulesetWatcher(engine: engine)
         try engine.adoptHeld()
         engine.setRole(role)
         self.role = role
@@ -111,9 +119,31 @@ final class VRFRuntime {
         case (let a?, let b?): same = !a.differs(from: b) && tlsFiles == new.sync?.tls
         default: same = false
         }
-        if same { return }
+        if same {
+            // A reload reads the ruleset again (and takes a new interval).
+            updateRulesetWatcher(engine: engine)
+            return
+        }
         logger.notice("sync settings changed: restarting the sync connections (the table stays)")
         try await startSync(routerID: routerID, role: role)
+    }
+
+    /// Starts, re-points or stops the ruleset check for `engine` as the configuration says.
+    private func updateRulesetWatcher(engine: SyncEngine?) {
+        guard let engine, let interval = config.sync?.rulesetCheckInterval, interval > 0 else {
+            rulesetWatcher?.stop()
+            rulesetWatcher = nil
+            return
+        }
+        if let w = rulesetWatcher {
+            w.reconfigure(interval: interval)
+            w.attach(engine)
+        } else {
+            let w = RulesetWatcher(netns: config.netns, interval: interval, logger: logger)
+            w.attach(engine)
+            w.start()
+            rulesetWatcher = w
+        }
     }
 
     /// Backup to master: every synced conntrack forwardable first, then the role (the caller
@@ -151,6 +181,8 @@ final class VRFRuntime {
     var resyncFromPeerBegun: Bool { engine?.resyncFromPeerBegun ?? false }
 
     nonisolated(nonsending) func stop() async {
+        rulesetWatcher?.stop()
+        rulesetWatcher = nil
         if let engine { await engine.shutdown() }
         engine = nil
         // The kernel table's event thread holds the dataplane until told to stop.
@@ -160,13 +192,22 @@ final class VRFRuntime {
     nonisolated(nonsending) func report(groupName: String?) async -> VRFReport {
         let stats = await engine?.statistics()
         let holder = engine?.holderStatistics
-        return VRFReport(
+        var report = VRFReport(
             name: config.name, netns: config.netns, group: groupName, role: role.rawValue,
             conntracks: dataplane.count, held: engine?.store.count ?? 0, holdQueue: holder?.queued ?? 0,
             holdRefused: holder?.refused ?? 0, lastTakeoverSeconds: lastTakeover.map(\.seconds),
             lastRearm: holder?.lastRearm?.rearmed,
             connectionsEstablished: stats?.connections.filter { $0.connectionStatus == .established }.count ?? 0,
             connections: stats?.connections.count ?? 0, dataplaneError: dataplane.dataplaneError)
+        if let engine {
+            let drift = engine.configDrift
+            report.drift = drift.kind.rawValue
+            report.driftReason = drift.reason
+            report.driftDetails = drift.details
+            report.rulesetDigest = engine.localRuleset.map { "\($0)" } ?? "unknown (not read yet)"
+            report.peerRulesetDigest = engine.peerRuleset.map { "\($0)" }
+        }
+        return report
     }
 
     /// `show conntracks`; with `unsynced`, also the conntracks not synced (a dump of the table).

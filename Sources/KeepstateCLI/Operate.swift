@@ -332,8 +332,23 @@ public enum ShowRender {
             if let t = v.lastTakeoverSeconds { out += "        last-takeover \(String(format: "%.4f", t)) s\n" }
             if let r = v.lastRearm { out += "        last-rearm \(r)\n" }
             if let e = v.dataplaneError { out += "        error \(e)\n" }
+            out += drift(v)
         }
         return String(out.dropLast())
+    }
+
+    /// The configuration drift lines of a VRF that syncs (nothing for one that does not):
+    /// both ruleset digests (their first 16 hex digits), `drift KIND` and what differs.
+    public static func drift(_ v: VRFReport) -> String {
+        guard let kind = v.drift else { return "" }
+        func short(_ d: String?) -> String {
+            guard let d else { return "-" }
+            return d.hasPrefix("unknown") ? d : String(d.prefix(16))
+        }
+        var out = "        ruleset \(short(v.rulesetDigest)) peer \(short(v.peerRulesetDigest))\n"
+        out += "        drift \(kind)\(kind == "unknown" ? " (\(v.driftReason ?? "?"))" : "")\n"
+        for d in v.driftDetails ?? [] { out += "            \(d)\n" }
+        return out
     }
 
     public static func conntracks(_ c: ConntrackCounts) -> String {

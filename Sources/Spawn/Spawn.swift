@@ -140,6 +140,123 @@ public enum Spawn {
         }
     }
 
+    /// What `capture(_:timeout:limit:)` read from a child.
+    public struct Captured: Sendable, Equatable {
+        /// The exit code (128 + signal); nil when it did not start, was killed for its timeout
+        /// or for printing more than the limit.
+        public var status: Int32?
+        public var output: [UInt8]
+        public var errors: [UInt8]
+        public var timedOut = false
+        /// Why it could not start, or why it was killed (other than its timeout).
+        public var failure: String?
+
+        public init(status: Int32?, output: [UInt8] = [], errors: [UInt8] = [], timedOut: Bool = false, failure: String? = nil) {
+            self.status = status
+            self.output = output
+            self.errors = errors
+            self.timedOut = timedOut
+            self.failure = failure
+        }
+    }
+
+    /// Runs `arguments` to the end on the calling thread and returns its standard output and
+    /// error apart. After `timeout` seconds, or once it printed more than `limit` bytes, its
+    /// whole process group is killed (SIGKILL).
+    public static func capture(_ arguments: [String], timeout: Double, limit: Int = 64 << 20) -> Captured {
+        let out: (read: Int32, write: Int32)
+        let err: (read: Int32, write: Int32)
+        do {
+            out = try pipe()
+        } catch {
+            return Captured(status: nil, failure: error.description)
+        }
+        do {
+            err = try pipe()
+        } catch {
+            close(out.read)
+            close(out.write)
+            return Captured(status: nil, failure: error.description)
+        }
+        let pid: pid_t
+        do {
+            pid = try start(arguments, output: .descriptor(out.write), errors: .descriptor(err.write))
+        } catch {
+            for fd in [out.read, out.write, err.read, err.write] { close(fd) }
+            return Captured(status: nil, failure: error.description)
+        }
+        close(out.write)
+        close(err.write)
+        defer {
+            close(out.read)
+            close(err.read)
+        }
+        let end = monotonicSeconds() + max(0.001, timeout)
+        var result = Captured(status: nil)
+        var open: [Int32] = [out.read, err.read]
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        func killGroup() {
+            kill(-pid, SIGKILL)
+            _ = reap(pid, block: true)
+        }
+        while !open.isEmpty {
+            let left = end - monotonicSeconds()
+            if left <= 0 {
+                killGroup()
+                result.timedOut = true
+                return result
+            }
+            var fds = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            let ready = poll(&fds, nfds_t(fds.count), Int32(min(left * 1000 + 1, 60_000)))
+            if ready < 0 {
+                if errno == EINTR { continue }
+                killGroup()
+                result.failure = "poll: \(String(cString: strerror(errno)))"
+                return result
+            }
+            for p in fds where p.revents != 0 {
+                let n = buffer.withUnsafeMutableBytes { read(p.fd, $0.baseAddress, $0.count) }
+                if n > 0 {
+                    if p.fd == out.read { result.output += buffer[0..<n] } else { result.errors += buffer[0..<n] }
+                    if result.output.count + result.errors.count > limit {
+                        killGroup()
+                        result.failure = "\(arguments[0]) printed more than \(limit) bytes"
+                        return result
+                    }
+                } else if n == 0 || (errno != EINTR && errno != EAGAIN) {
+                    open.removeAll { $0 == p.fd }
+                }
+            }
+        }
+        // Both outputs closed: the child is ending (or closed them and goes on until its timeout).
+        var pause: useconds_t = 1000
+        while true {
+            switch reap(pid, block: false) {
+            case .exited(let code):
+                result.status = code
+                return result
+            case .gone:
+                result.failure = "waitpid: the child was reaped elsewhere"
+                return result
+            case .running:
+                break
+            }
+            if monotonicSeconds() >= end {
+                killGroup()
+                result.timedOut = true
+                return result
+            }
+            usleep(pause)
+            pause = min(pause * 2, 20_000)
+        }
+    }
+
+    static func monotonicSeconds() -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+    }
+
     /// A pipe whose ends are closed on exec (a child gets one only through `start`'s
     /// `input`, `output` or `errors`).
     public static func pipe() throws(Failure) -> (read: Int32, write: Int32) {

@@ -28,13 +28,15 @@ final class ReceiverEndpoint: Sendable {
     let settings: SyncSettings
     let store: BackupStore
     let counters = ReceiverCounters()
+    let monitor: DriftMonitor
     let logger: Logger
     /// The channel currently feeding each share; a newer connection for a share replaces it.
     private let owners = Mutex<[Int: any Channel]>([:])
 
-    init(settings: SyncSettings, store: BackupStore, logger: Logger) {
+    init(settings: SyncSettings, store: BackupStore, monitor: DriftMonitor, logger: Logger) {
         self.settings = settings
         self.store = store
+        self.monitor = monitor
         self.logger = logger
     }
 
@@ -223,6 +225,8 @@ final class ReceiverHandler: ChannelInboundHandler {
             case .peerError(let code, let text):
                 logger.warning("sync peer reported an error and closes", metadata: ["code": "\(code)", "reason": "\(text)"])
                 context.close(promise: nil)
+            case .peerRuleset(let ruleset):
+                if case .open(let hello) = session.state { endpoint.monitor.heardRuleset(ruleset, from: hello) }
             }
         } catch {
             endpoint.counters.receiveError.add(1, ordering: .relaxed)
@@ -256,16 +260,23 @@ final class ReceiverHandler: ChannelInboundHandler {
         shareCount = Int(hello.connectionCount)
         endpoint.claim(share: Int(hello.connectionIndex), channel: context.channel)
         endpoint.counters.accepted.add(1, ordering: .relaxed)
-        let drift = SettingsDrift.differences(local: settings.syncSettings, remote: hello.settings)
-        let status: HelloAck.Status = hello.fingerprint == settings.fingerprint && drift.isEmpty ? .accepted : .acceptedWithDrift
+        let drift = SettingsDrift.differences(local: settings.syncSettings, remote: hello.settings, peerVersion: hello.version)
+        let status: HelloAck.Status = drift.isEmpty ? .accepted : .acceptedWithDrift
         if drift.isEmpty {
             logger.info("sync connection accepted", metadata: ["connections": "\(hello.connectionCount)"])
         } else {
-            logger.warning("sync connection accepted, but the nodes' sync settings differ",
-                           metadata: ["differences": "\(drift.joined(separator: "; "))"])
+            // The drift monitor logs the drift once for the VRF; this line is per connection.
+            logger.info("sync connection accepted, but the nodes' sync settings differ",
+                        metadata: ["differences": "\(drift.joined(separator: "; "))"])
         }
-        send(.helloAck(HelloAck(status: status, nodeID: settings.nodeID, fingerprint: settings.fingerprint,
-                                settings: settings.syncSettings, message: drift.joined(separator: "; "))), context: context)
+        endpoint.monitor.heard(PeerConfiguration(
+            nodeID: hello.nodeID, version: hello.version, settings: hello.settings, ruleset: hello.ruleset))
+        // The ruleset travels back only to a version 3 sender (older ones refuse trailing bytes).
+        let ruleset = hello.version >= SyncWire.rulesetVersion ? endpoint.monitor.localRulesetForWire : nil
+        // A version 1 or 2 sender gets the settings it knows (and compares them itself).
+        send(.helloAck(HelloAck(status: status, nodeID: settings.nodeID, fingerprint: settings.fingerprint(forVersion: hello.version),
+                                settings: settings.syncSettings(forVersion: hello.version), message: drift.joined(separator: "; "), ruleset: ruleset)),
+             context: context)
         context.flush()
     }
 

@@ -18,7 +18,16 @@ final class ShareConnection: @unchecked Sendable {
     private let tls: TLSMaterial
     /// The share's conntracks for a resync, as the peer must hold them (the policy's view).
     private let resyncSnapshot: @Sendable (_ share: Int, _ count: Int) -> [Conntrack]
+    private let monitor: DriftMonitor
     private var logger: Logger
+    /// The version of this connection's hello: this build's, or 2 for one attempt after the
+    /// peer refused ours with `unsupported-version` (an older node, in a rolling upgrade).
+    private var helloVersion = SyncWire.version
+    private var retryWithVersion2 = false
+    /// Whether this connection's peer takes RULESET messages (both hellos said version 3).
+    private var rulesetCapable = false
+    /// The ruleset fingerprint this connection's hello carried.
+    private var helloRuleset: RulesetFingerprint?
 
     private var sender: ShareSender
     private var session = SenderSession()
@@ -41,12 +50,14 @@ final class ShareConnection: @unchecked Sendable {
     private var deliveryWaiters: [(through: UInt64, losses: UInt64, promise: EventLoopPromise<Bool>)] = []
 
     init(index: Int, loop: any EventLoop, settings: SyncSettings, tls: TLSMaterial,
-         resyncSnapshot: @escaping @Sendable (_ share: Int, _ count: Int) -> [Conntrack], logger: Logger, seed: UInt64) {
+         resyncSnapshot: @escaping @Sendable (_ share: Int, _ count: Int) -> [Conntrack], monitor: DriftMonitor,
+         logger: Logger, seed: UInt64) {
         self.index = index
         self.loop = loop
         self.settings = settings
         self.tls = tls
         self.resyncSnapshot = resyncSnapshot
+        self.monitor = monitor
         var logger = logger
         logger[metadataKey: "connection"] = "\(index)"
         self.logger = logger
@@ -92,6 +103,16 @@ final class ShareConnection: @unchecked Sendable {
         loop.preconditionInEventLoop()
         sender.requestResync()
         schedulePump()
+    }
+
+    /// Sends this node's ruleset fingerprint to the peer, if the connection is up and the peer
+    /// takes RULESET messages; otherwise the next hello carries it.
+    func sendRuleset(_ ruleset: RulesetFingerprint) {
+        loop.preconditionInEventLoop()
+        guard rulesetCapable, let channel, channel.isActive, case .ready = session.state else { return }
+        write(.ruleset(ruleset), channel: channel)
+        channel.flush()
+        liveness?.sent(at: .now())
     }
 
     /// Drops the connection as a network failure would (drills and tests).
@@ -189,10 +210,15 @@ final class ShareConnection: @unchecked Sendable {
             return
         }
         stats.connectionStatus = .handshaking
+        helloVersion = retryWithVersion2 ? 2 : SyncWire.version
+        retryWithVersion2 = false
+        rulesetCapable = false
         let hello = Hello(
-            nodeID: settings.nodeID, vrf: settings.vrf, connectionIndex: UInt16(index),
-            connectionCount: UInt16(settings.connections), fingerprint: settings.fingerprint,
-            settings: settings.syncSettings)
+            version: helloVersion, nodeID: settings.nodeID, vrf: settings.vrf, connectionIndex: UInt16(index),
+            connectionCount: UInt16(settings.connections), fingerprint: settings.fingerprint(forVersion: helloVersion),
+            settings: settings.syncSettings(forVersion: helloVersion),
+            ruleset: helloVersion >= SyncWire.rulesetVersion ? monitor.localRulesetForWire : nil)
+        helloRuleset = hello.ruleset
         var buffer = channel.allocator.buffer(capacity: 256)
         buffer.writeSyncMessage(.hello(hello), sequence: session.takeSequence())
         channel.writeAndFlush(buffer, promise: nil)
@@ -212,12 +238,21 @@ final class ShareConnection: @unchecked Sendable {
                 stats.lastError = nil
                 backoff.reset()
                 if ack.status == .acceptedWithDrift {
-                    let drift = SettingsDrift.differences(local: settings.syncSettings, remote: ack.settings)
-                    logger.warning("sync connection established, but the nodes' sync settings differ",
-                                   metadata: ["differences": "\(drift.joined(separator: "; "))", "peer.node": "\(ack.nodeID)"])
+                    // The drift monitor logs the drift once for the VRF; this line is per connection.
+                    let drift = SettingsDrift.differences(local: settings.syncSettings, remote: ack.settings, peerVersion: ack.version)
+                    logger.info("sync connection established, but the nodes' sync settings differ",
+                                metadata: ["differences": "\(drift.joined(separator: "; "))", "peer.node": "\(ack.nodeID)"])
                 } else {
                     logger.info("sync connection established", metadata: ["peer.node": "\(ack.nodeID)"])
                 }
+                // The ack's version is the receiver's; the settings and ruleset are as of now.
+                monitor.heard(PeerConfiguration(
+                    nodeID: ack.nodeID, version: ack.version, settings: ack.settings, ruleset: ack.ruleset))
+                rulesetCapable = ack.version >= SyncWire.rulesetVersion && helloVersion >= SyncWire.rulesetVersion
+                // A check that ended while the hello was on its way: its RULESET was not sent
+                // (the connection was not ready), so it goes now.
+                let current = monitor.localRulesetForWire
+                if rulesetCapable, current != helloRuleset { sendRuleset(current) }
                 sender.setConnected(true)
                 schedulePump()
             case .refused(let ack):
@@ -229,7 +264,14 @@ final class ShareConnection: @unchecked Sendable {
                 break
             case .peerError(let code, let text):
                 stats.lastError = "peer error \(code): \(text)"
-                logger.warning("the sync peer closed the connection with an error", metadata: ["code": "\(code)", "reason": "\(text)"])
+                if code == .unsupportedVersion && helloVersion > 2 {
+                    // An older peer: the next attempt says version 2 (no ruleset fingerprint).
+                    retryWithVersion2 = true
+                    logger.notice("the sync peer does not speak protocol version \(SyncWire.version); reconnecting with version 2 (no ruleset comparison)",
+                                  metadata: ["reason": "\(text)"])
+                } else {
+                    logger.warning("the sync peer closed the connection with an error", metadata: ["code": "\(code)", "reason": "\(text)"])
+                }
                 channel.close(promise: nil)
             }
         } catch {

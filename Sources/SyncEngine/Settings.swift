@@ -27,11 +27,15 @@ public struct SyncSettings: Sendable {
     public var queueLimit: Int
     /// The sync-relevant settings compared with the peer's.
     public var syncSettings: [SyncSettingPair]
+    /// Whether this node reads its ruleset and compares it with the peer's (false:
+    /// `ruleset_check_interval 0`; the drift then covers the settings only).
+    public var rulesetCheck: Bool
 
     public init(
         vrf: String, nodeID: String, peerName: String, source: String, peerAddress: String, peerPort: Int,
         listenPort: Int, peerIdentity: String, connections: Int = 4, heartbeatInterval: TimeAmount = .seconds(1),
-        deadInterval: TimeAmount = .seconds(3), queueLimit: Int = 1 << 20, syncSettings: [SyncSettingPair] = []
+        deadInterval: TimeAmount = .seconds(3), queueLimit: Int = 1 << 20, syncSettings: [SyncSettingPair] = [],
+        rulesetCheck: Bool = true
     ) {
         self.vrf = vrf
         self.nodeID = nodeID
@@ -46,11 +50,27 @@ public struct SyncSettings: Sendable {
         self.deadInterval = deadInterval
         self.queueLimit = queueLimit
         self.syncSettings = syncSettings
+        self.rulesetCheck = rulesetCheck
     }
 
     /// SHA-256 over the canonical `key=value\n` lines of `syncSettings`, sorted by key.
-    public var fingerprint: [UInt8] {
-        let text = syncSettings.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)\n" }.joined()
+    public var fingerprint: [UInt8] { Self.fingerprint(syncSettings) }
+
+    /// The sync-relevant settings as a hello or ack of protocol `version` carries them: before
+    /// version 3, without the keys version 3 added (`SettingsDrift.sinceVersion3`), so that an
+    /// older peer, which does not have them, sees no difference in them.
+    public func syncSettings(forVersion version: UInt16) -> [SyncSettingPair] {
+        guard version < SyncWire.rulesetVersion else { return syncSettings }
+        return syncSettings.filter { !SettingsDrift.sinceVersion3.contains($0.key) }
+    }
+
+    /// The fingerprint of `syncSettings(forVersion:)`.
+    public func fingerprint(forVersion version: UInt16) -> [UInt8] {
+        Self.fingerprint(syncSettings(forVersion: version))
+    }
+
+    static func fingerprint(_ settings: [SyncSettingPair]) -> [UInt8] {
+        let text = settings.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)\n" }.joined()
         return Array(SHA256.hash(data: Array(text.utf8)))
     }
 }

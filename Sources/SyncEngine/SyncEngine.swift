@@ -3,7 +3,7 @@ public import Dataplane
 public import Logging
 public import NIOCore
 public import SyncPolicy
-import SyncProtocol
+public import SyncProtocol
 import Synchronization
 
 /// The HA role of a node for one VRF. Only the master sends conntracks.
@@ -31,6 +31,8 @@ public final class SyncEngine: Sendable {
     private let gate: MasterGate
     /// Writes what the store receives into the dataplane (nil: the store only keeps it).
     private let holder: BackupHolder?
+    /// This node's configuration against the peer's.
+    private let monitor: DriftMonitor
     private let state = Mutex<(role: SyncRole, listener: SyncListener?, switchAt: NIODeadline?, failover: FailoverSummary?,
                                plan: [ConntrackKey: PolicyInstant]?)>((.backup, nil, nil, nil, nil))
 
@@ -54,6 +56,8 @@ public final class SyncEngine: Sendable {
         self.dataplane = dataplane
         self.group = group
         self.logger = logger
+        let monitor = DriftMonitor(localSettings: settings.syncSettings, compareRuleset: settings.rulesetCheck, logger: logger)
+        self.monitor = monitor
         if let hold {
             // The store and the holder refer to each other: the store queues its changes on the
             // holder, the holder reads the store for a re-hold.
@@ -76,7 +80,7 @@ public final class SyncEngine: Sendable {
             ShareConnection(
                 index: i, loop: group.next(), settings: settings, tls: tls,
                 resyncSnapshot: { share, count in gate.resyncSnapshot(share: share, of: count) },
-                logger: logger, seed: seeds.next())
+                monitor: monitor, logger: logger, seed: seeds.next())
         }
         gate.connections = connections
         self.gate = gate
@@ -206,7 +210,7 @@ public final class SyncEngine: Sendable {
     /// Binds the listener. Returns the port it listens on (useful with port 0 in tests).
     @discardableResult
     public func startListening() async throws -> Int {
-        let endpoint = ReceiverEndpoint(settings: settings, store: store, logger: logger)
+        let endpoint = ReceiverEndpoint(settings: settings, store: store, monitor: monitor, logger: logger)
         let listener = try await SyncListener.start(endpoint: endpoint, tls: tls, group: group)
         state.withLock { $0.listener = listener }
         logger.info("sync listener up", metadata: ["address": "\(settings.source)", "port": "\(listener.port)"])
@@ -242,6 +246,29 @@ public final class SyncEngine: Sendable {
         // role changes run in order on the policy's thread, so the last one wins everywhere.
         gate.setRole(master: role == .master)
     }
+
+    // MARK: configuration drift
+
+    /// This node's ruleset fingerprint for the VRF, as the ruleset check just read it. Goes to
+    /// the peer at once (a RULESET message on every established connection whose peer speaks
+    /// version 3), and with every later hello. Sent even when it did not change, so that the
+    /// peer's view never stays older than one check.
+    public func setLocalRuleset(_ ruleset: RulesetFingerprint) {
+        monitor.setLocalRuleset(ruleset)
+        guard settings.rulesetCheck else { return }
+        for c in connections {
+            c.loop.execute { c.sendRuleset(ruleset) }
+        }
+    }
+
+    /// The comparison of this node's sync settings and ruleset with the peer's.
+    public var configDrift: ConfigDrift { monitor.drift }
+
+    /// This node's ruleset fingerprint (nil: not read yet).
+    public var localRuleset: RulesetFingerprint? { monitor.localRuleset }
+
+    /// What the peer last said of its ruleset (nil: nothing yet, or a peer before version 3).
+    public var peerRuleset: RulesetFingerprint? { monitor.peer?.ruleset }
 
     /// Resyncs every share (an operator's request).
     public func resyncAll() {

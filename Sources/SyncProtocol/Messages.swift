@@ -3,11 +3,18 @@ public import NIOCore
 /// Constants of the sync wire format (docs/protocol.md).
 public enum SyncWire {
     /// The protocol version this build speaks (and sends in its hellos). Version 2 adds the
-    /// activity age of forced-synchronization records (record flag bit 5).
-    public static let version: UInt16 = 2
+    /// activity age of forced-synchronization records (record flag bit 5); version 3 the
+    /// ruleset fingerprint (a HELLO field, a HELLO_ACK trailing field, the RULESET message).
+    public static let version: UInt16 = 3
     /// The oldest version whose hellos this build accepts. A version 1 sender never sets the
-    /// bits version 2 added, so its stream decodes as it always did.
+    /// bits version 2 added, so its stream decodes as it always did; a version 1 or 2 hello
+    /// has no ruleset field.
     public static let minimumVersion: UInt16 = 1
+    /// The first version with the ruleset fingerprint.
+    public static let rulesetVersion: UInt16 = 3
+    /// The longest `str16` (bytes): encoders cut longer strings at a character boundary,
+    /// decoders refuse them (`invalidField`).
+    public static let maximumString16 = 4096
     /// "KSYN": the first bytes of every hello.
     public static let magic: UInt32 = 0x4B53_594E
     /// Bytes of the frame header: length u32, type u8, sequence u32.
@@ -34,8 +41,11 @@ public struct SyncMessageType: RawRepresentable, Sendable, Hashable, CustomStrin
     public static let updates = SyncMessageType(rawValue: 0x05)
     public static let heartbeat = SyncMessageType(rawValue: 0x06)
     public static let error = SyncMessageType(rawValue: 0x07)
+    /// Version 3: the sender's ruleset fingerprint changed (sender to receiver, after the
+    /// HELLO_ACK, only to a receiver whose HELLO_ACK says version 3 or later).
+    public static let ruleset = SyncMessageType(rawValue: 0x08)
 
-    public var isKnown: Bool { (0x01...0x07).contains(rawValue) }
+    public var isKnown: Bool { (0x01...0x08).contains(rawValue) }
 
     public var description: String {
         switch self {
@@ -46,6 +56,7 @@ public struct SyncMessageType: RawRepresentable, Sendable, Hashable, CustomStrin
         case .updates: "UPDATES"
         case .heartbeat: "HEARTBEAT"
         case .error: "ERROR"
+        case .ruleset: "RULESET"
         default: "TYPE_0x\(String(rawValue, radix: 16))"
         }
     }
@@ -74,10 +85,13 @@ public struct Hello: Sendable, Hashable {
     public var fingerprint: [UInt8]
     /// The settings themselves, so that a receiver can say which differ.
     public var settings: [SyncSettingPair]
+    /// Version 3 and later: the sender's ruleset fingerprint for this VRF. nil in a version 1
+    /// or 2 hello; a version 3 hello always carries one (nil is sent as unknown).
+    public var ruleset: RulesetFingerprint?
 
     public init(
         version: UInt16 = SyncWire.version, nodeID: String, vrf: String, connectionIndex: UInt16,
-        connectionCount: UInt16, fingerprint: [UInt8], settings: [SyncSettingPair]
+        connectionCount: UInt16, fingerprint: [UInt8], settings: [SyncSettingPair], ruleset: RulesetFingerprint? = nil
     ) {
         self.version = version
         self.nodeID = nodeID
@@ -86,6 +100,7 @@ public struct Hello: Sendable, Hashable {
         self.connectionCount = connectionCount
         self.fingerprint = fingerprint
         self.settings = settings
+        self.ruleset = ruleset
     }
 }
 
@@ -125,10 +140,13 @@ public struct HelloAck: Sendable, Hashable {
     public var fingerprint: [UInt8]
     public var settings: [SyncSettingPair]
     public var message: String
+    /// The receiver's ruleset fingerprint: a trailing field, present (version 3 and later) when
+    /// the ack answers a version 3 hello, so that a version 1 or 2 sender never sees it.
+    public var ruleset: RulesetFingerprint?
 
     public init(
         status: Status, version: UInt16 = SyncWire.version, nodeID: String, fingerprint: [UInt8],
-        settings: [SyncSettingPair], message: String
+        settings: [SyncSettingPair], message: String, ruleset: RulesetFingerprint? = nil
     ) {
         self.status = status
         self.version = version
@@ -136,6 +154,7 @@ public struct HelloAck: Sendable, Hashable {
         self.fingerprint = fingerprint
         self.settings = settings
         self.message = message
+        self.ruleset = ruleset
     }
 }
 
@@ -147,6 +166,8 @@ public enum SyncControlMessage: Sendable, Hashable {
     case resyncEnd(generation: UInt32, count: UInt64)
     case heartbeat
     case error(code: SyncErrorCode, message: String)
+    /// Version 3: the sender's ruleset fingerprint changed.
+    case ruleset(RulesetFingerprint)
 
     public var type: SyncMessageType {
         switch self {
@@ -156,6 +177,7 @@ public enum SyncControlMessage: Sendable, Hashable {
         case .resyncEnd: .resyncEnd
         case .heartbeat: .heartbeat
         case .error: .error
+        case .ruleset: .ruleset
         }
     }
 }
@@ -219,6 +241,9 @@ extension ByteBuffer {
             writeInteger(h.connectionCount)
             writeBytes8(h.fingerprint)
             writeSettings(h.settings)
+            if h.version >= SyncWire.rulesetVersion {
+                writeRulesetFingerprint(h.ruleset ?? .unknown(reason: "not reported"))
+            }
         case .helloAck(let a):
             writeInteger(a.status.rawValue)
             writeInteger(a.version)
@@ -226,6 +251,7 @@ extension ByteBuffer {
             writeBytes8(a.fingerprint)
             writeSettings(a.settings)
             writeString16(a.message)
+            if a.version >= SyncWire.rulesetVersion, let ruleset = a.ruleset { writeRulesetFingerprint(ruleset) }
         case .resyncBegin(let g):
             writeInteger(g)
         case .resyncEnd(let g, let count):
@@ -236,6 +262,8 @@ extension ByteBuffer {
         case .error(let code, let message):
             writeInteger(code.rawValue)
             writeString16(message)
+        case .ruleset(let r):
+            writeRulesetFingerprint(r)
         }
         endSyncFrame(lengthAt: at)
     }
@@ -243,7 +271,7 @@ extension ByteBuffer {
     // Strings longer than their length prefix allows are cut at a character boundary; the
     // validated configuration never produces one.
     mutating func writeString8(_ s: String) { writeLengthPrefixed(Array(s.utf8), max: 255, width: 1, utf8: true) }
-    mutating func writeString16(_ s: String) { writeLengthPrefixed(Array(s.utf8), max: 4096, width: 2, utf8: true) }
+    mutating func writeString16(_ s: String) { writeLengthPrefixed(Array(s.utf8), max: SyncWire.maximumString16, width: 2, utf8: true) }
     mutating func writeBytes8(_ b: [UInt8]) { writeLengthPrefixed(b, max: 255, width: 1, utf8: false) }
 
     private mutating func writeLengthPrefixed(_ bytes: [UInt8], max: Int, width: Int, utf8: Bool) {
@@ -304,9 +332,11 @@ extension SyncControlMessage {
             guard !vrf.isEmpty else { throw .invalidField(field: "vrf", reason: "empty") }
             let fingerprint = try r.bytes(Int(try r.u8("fingerprint")), "fingerprint")
             let settings = try decodeSettings(&r)
+            var ruleset: RulesetFingerprint?
+            if version >= SyncWire.rulesetVersion { ruleset = try RulesetFingerprint.decode(&r) }
             return .hello(Hello(
                 version: version, nodeID: node, vrf: vrf, connectionIndex: index, connectionCount: count,
-                fingerprint: fingerprint, settings: settings))
+                fingerprint: fingerprint, settings: settings, ruleset: ruleset))
         case .helloAck:
             let status = HelloAck.Status(rawValue: try r.u8("status"))
             let version = try r.u16("version")
@@ -314,9 +344,12 @@ extension SyncControlMessage {
             let fingerprint = try r.bytes(Int(try r.u8("fingerprint")), "fingerprint")
             let settings = try decodeSettings(&r)
             let message = try r.string16("message")
+            // Trailing and optional: an ack to a version 1 or 2 hello has none.
+            var ruleset: RulesetFingerprint?
+            if version >= SyncWire.rulesetVersion && r.remaining > 0 { ruleset = try RulesetFingerprint.decode(&r) }
             return .helloAck(HelloAck(
                 status: status, version: version, nodeID: node, fingerprint: fingerprint, settings: settings,
-                message: message))
+                message: message, ruleset: ruleset))
         case .resyncBegin:
             return .resyncBegin(generation: try r.u32("generation"))
         case .resyncEnd:
@@ -325,6 +358,8 @@ extension SyncControlMessage {
             return .heartbeat
         case .error:
             return .error(code: SyncErrorCode(rawValue: try r.u16("error code")), message: try r.string16("error message"))
+        case .ruleset:
+            return .ruleset(try RulesetFingerprint.decode(&r))
         default:
             throw .unknownMessageType(type.rawValue)
         }

@@ -86,6 +86,11 @@ struct RawReader {
     @inlinable
     mutating func string16(_ what: StaticString) throws(SyncProtocolError) -> String {
         let n = Int(try u16(what))
+        // What an encoder sends at most (it cuts longer strings): a longer one would not
+        // survive a re-encode, and no sender writes one.
+        guard n <= SyncWire.maximumString16 else {
+            throw .invalidField(field: "\(what)", reason: "\(n) bytes, more than \(SyncWire.maximumString16)")
+        }
         return try utf8(n, what)
     }
 

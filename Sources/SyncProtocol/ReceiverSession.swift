@@ -25,6 +25,8 @@ public struct ReceiverSession: Sendable {
         case alive
         /// The peer reported an error and will close.
         case peerError(code: SyncErrorCode, message: String)
+        /// The peer's ruleset fingerprint changed (version 3).
+        case peerRuleset(RulesetFingerprint)
     }
 
     public private(set) var state: State = .awaitingHello
@@ -85,6 +87,8 @@ public struct ReceiverSession: Sendable {
         case .error(let code, let text):
             state = .closed
             return .peerError(code: code, message: text)
+        case .ruleset(let r):
+            return .peerRuleset(r)
         case .helloAck:
             throw .unexpectedMessage("HELLO_ACK", state: "receiving")
         }
@@ -165,12 +169,20 @@ public struct SenderSession: Sendable {
 
 /// Names the sync-relevant settings that differ between two nodes.
 public enum SettingsDrift {
+    /// Settings this build compares that a peer of protocol version 1 or 2 does not send: a key
+    /// of these absent from such a peer is not a difference (a rolling upgrade is not a drift).
+    public static let sinceVersion3: Set<String> = ["ha_fp_conntrack.failback_hold_max"]
+
     /// Lines such as `ha_delays.tcp.synchronization: here 1, peer 2`, sorted by key.
-    public static func differences(local: [SyncSettingPair], remote: [SyncSettingPair]) -> [String] {
+    public static func differences(local: [SyncSettingPair], remote: [SyncSettingPair],
+                                   peerVersion: UInt16 = SyncWire.version) -> [String] {
         var mine: [String: String] = [:]
         for s in local { mine[s.key] = s.value }
         var theirs: [String: String] = [:]
         for s in remote { theirs[s.key] = s.value }
+        if peerVersion < SyncWire.rulesetVersion {
+            for key in sinceVersion3 where theirs[key] == nil { mine[key] = nil }
+        }
         var out: [String] = []
         for key in Set(mine.keys).union(theirs.keys).sorted() where mine[key] != theirs[key] {
             out.append("\(key): here \(mine[key] ?? "absent"), peer \(theirs[key] ?? "absent")")

@@ -206,9 +206,27 @@ vrf red.1 { ha_fp_conntrack { peer peer1 { source fd00::1  address fd00::2 } lis
             "ha_delays.tcp.undefined_grace_period=20",
             "ha_delays.udp.synchronization=1",
             "ha_delays.udp.undefined_grace_period=10",
+            "ha_fp_conntrack.failback_hold_max=120",
         ])
         #expect(c.vrfs[1].syncSettings().first == SyncSetting(key: "conntrack_timeouts.tcp_undefined", value: "10"))
         #expect(c.vrfs[0].syncSettings() != c.vrfs[1].syncSettings())
+    }
+
+    @Test func rulesetCheckInterval() throws {
+        let c = try ConfigLoader.parse(text: golden, file: "k.conf")
+        #expect(c.vrfs[0].sync?.rulesetCheckInterval == SyncConfig.defaultRulesetCheckInterval)
+        for (text, value) in [("ruleset_check_interval 0", 0.0), ("ruleset_check_interval 1", 1.0), ("ruleset_check_interval 0.5", 0.5)] {
+            let v = try ConfigLoader.parse(text: syncWith(text), file: "t.conf")
+            #expect(v.vrfs.first?.sync?.rulesetCheckInterval == value, "\(text)")
+        }
+        // Not a sync-relevant setting: the nodes may check at different intervals.
+        let a = try ConfigLoader.parse(text: syncWith("ruleset_check_interval 1"), file: "t.conf")
+        let b = try ConfigLoader.parse(text: syncWith("ruleset_check_interval 60"), file: "t.conf")
+        #expect(a.vrfs[0].syncSettings() == b.vrfs[0].syncSettings())
+        // failback_hold_max is one.
+        let h = try ConfigLoader.parse(text: syncWith("failback_hold_max 5"), file: "t.conf")
+        #expect(h.vrfs[0].syncSettings().contains(SyncSetting(key: "ha_fp_conntrack.failback_hold_max", value: "5")))
+        #expect(h.vrfs[0].syncSettings() != a.vrfs[0].syncSettings())
     }
 
     @Test func errorDescriptionFormat() {

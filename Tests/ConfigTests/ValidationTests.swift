@@ -3,7 +3,7 @@ import Testing
 import Config
 
 private let allowedTop = "global_defs, ha_group, vrf, vrrp_script, vrrp_sync_group, vrrp_instance"
-private let allowedSync = "peer, listen_ha_group, event_threads, tls, heartbeat_interval, dead_interval, send_queue_limit, failback_hold_max"
+private let allowedSync = "peer, listen_ha_group, event_threads, tls, heartbeat_interval, dead_interval, send_queue_limit, failback_hold_max, ruleset_check_interval"
 
 @Suite struct ValidationTests {
     @Test(arguments: [
@@ -22,6 +22,9 @@ private let allowedSync = "peer, listen_ha_group, event_threads, tls, heartbeat_
         ("send_queue_limit 1023", "7:26: error: value 1023 for 'send_queue_limit' is out of range; expected an integer in 1024...67108864"),
         ("failback_hold_max 3601", "7:27: error: value 3601 for 'failback_hold_max' is out of range; expected a decimal number of seconds in 0...3600"),
         ("failback_hold_max -1", "7:27: error: invalid value '-1' for 'failback_hold_max'; expected a decimal number of seconds in 0...3600"),
+        ("ruleset_check_interval 3601", "7:32: error: value 3601 for 'ruleset_check_interval' is out of range; expected a decimal number of seconds in 0...3600"),
+        ("ruleset_check_interval 0.2", "7:32: error: ruleset_check_interval 0.2 is too short; expected 0 (no check) or 0.5 to 3600 seconds"),
+        ("ruleset_check_interval x", "7:32: error: invalid value 'x' for 'ruleset_check_interval'; expected a decimal number of seconds in 0...3600"),
         ("send_queue_limit 67108865", "7:26: error: value 67108865 for 'send_queue_limit' is out of range; expected an integer in 1024...67108864"),
         ("listen_ha_group g", "7:9: error: duplicate 'listen_ha_group' in ha_fp_conntrack; first given at line 5"),
         ("peer q { source 10.0.0.1 address 10.0.0.3 }", "7:9: error: only one peer per VRF is supported; found peer 'q' here and peer 'p' at line 4"),

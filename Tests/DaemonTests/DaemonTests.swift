@@ -49,7 +49,8 @@ final class DaemonPair: @unchecked Sendable {
         }
     }
 
-    func config(_ node: String, state: String, port: Int? = nil, tcpUndefined: Int = 10, extra: String = "") -> String {
+    func config(_ node: String, state: String, port: Int? = nil, tcpUndefined: Int = 10, extra: String = "",
+                netns: String? = nil, syncExtra: String = "") -> String {
         let me = node == "ha1" ? "127.0.0.1" : "127.0.0.2"
         let peer = node == "ha1" ? "127.0.0.2" : "127.0.0.1"
         let peerName = node == "ha1" ? "ha2" : "ha1"
@@ -57,6 +58,7 @@ final class DaemonPair: @unchecked Sendable {
             global_defs { router_id \(node) }
             ha_group g1 { static_state \(state) }
             vrf main {
+                \(netns.map { "netns \($0)" } ?? "")
                 ha_fp_conntrack {
                     peer \(peerName) { source \(me) address \(peer) port \(port ?? self.port) identity \(peerName) }
                     listen_ha_group g1
@@ -64,6 +66,7 @@ final class DaemonPair: @unchecked Sendable {
                     tls { ca \(dir.path)/ca.pem certificate \(dir.path)/\(node).pem key \(dir.path)/\(node).key }
                     heartbeat_interval 0.2
                     dead_interval 1
+                    \(syncExtra)
                 }
                 conntrack_timeouts { tcp_undefined \(tcpUndefined) }
                 \(extra)
@@ -74,12 +77,14 @@ final class DaemonPair: @unchecked Sendable {
     func socket(_ node: String) -> String { "\(dir.path)/\(node).sock" }
     func configPath(_ node: String) -> String { "\(dir.path)/\(node).conf" }
 
-    func start(_ node: String, state: String, extra: String = "") async throws {
-        try config(node, state: state, extra: extra).write(toFile: configPath(node), atomically: true, encoding: .utf8)
+    /// With `netns`, the VRF is that namespace and its dataplane the kernel's table there.
+    func start(_ node: String, state: String, extra: String = "", netns: String? = nil, syncExtra: String = "") async throws {
+        try config(node, state: state, extra: extra, netns: netns, syncExtra: syncExtra)
+            .write(toFile: configPath(node), atomically: true, encoding: .utf8)
         var logger = Logger(label: node)
         logger.logLevel = .critical
         let dps = dataplanes
-        let options = KeepstateDaemon.Options(configPath: configPath(node), socketPath: socket(node)) { vrf in
+        let memory: DataplaneFactory = { vrf in
             dps.withLock { d in
                 if let existing = d["\(node)/\(vrf.name)"] { return existing }
                 let dp = MemoryDataplane(vrf: vrf.name)
@@ -87,6 +92,8 @@ final class DaemonPair: @unchecked Sendable {
                 return dp
             }
         }
+        let options = KeepstateDaemon.Options(configPath: configPath(node), socketPath: socket(node),
+                                              dataplaneFactory: netns == nil ? memory : nil)
         let daemon = try KeepstateDaemon(options: options, logger: logger)
         try await daemon.start()
         daemons[node] = daemon

@@ -136,9 +136,9 @@ struct OpenSSLClientTests {
         let ha1 = try sClient(port: pair.port2, dir: dir, cert: "ha1", stdin: hello())
         #expect(ack(ha1.out)?.status.isAccepted == true, "ha1 control: \(ha1.err)")
 
-        // A peer speaking version 3 is told which versions this node speaks.
+        // A peer speaking version 4 is told which versions this node speaks.
         var v2 = ByteBuffer()
-        v2.writeSyncMessage(.hello(Hello(version: 3, nodeID: "ha1", vrf: "main", connectionIndex: 0, connectionCount: 1,
+        v2.writeSyncMessage(.hello(Hello(version: 4, nodeID: "ha1", vrf: "main", connectionIndex: 0, connectionCount: 1,
                                          fingerprint: [], settings: [])), sequence: 0)
         let other = try sClient(port: pair.port2, dir: dir, cert: "ha1", stdin: Array(v2.readableBytesView))
         var reply = ByteBuffer(bytes: other.out)
@@ -149,7 +149,7 @@ struct OpenSSLClientTests {
             return
         }
         #expect(code == .unsupportedVersion)
-        #expect(text.contains("version 3") && text.contains("speaks 1 to 2"), "\(text)")
+        #expect(text.contains("version 4") && text.contains("speaks 1 to 3"), "\(text)")
 
         let local = await pair.e2.statistics().localNode
         #expect(local.refusedConnections >= 3)

@@ -49,19 +49,20 @@ struct Pair {
 
     static func settings(node: String, source: String, peer: String, peerName: String, connections: Int,
                          queueLimit: Int = 1 << 20, syncSettings: [SyncSettingPair] = [], listenPort: Int = 0,
-                         vrf: String = "main") -> SyncSettings {
+                         vrf: String = "main", rulesetCheck: Bool = true) -> SyncSettings {
         SyncSettings(
             vrf: vrf, nodeID: node, peerName: peerName, source: source, peerAddress: peer, peerPort: 0,
             listenPort: listenPort, peerIdentity: peerName, connections: connections,
             heartbeatInterval: .milliseconds(200), deadInterval: .milliseconds(1500), queueLimit: queueLimit,
-            syncSettings: syncSettings)
+            syncSettings: syncSettings, rulesetCheck: rulesetCheck)
     }
 
     static func make(connections: Int = 4, queueLimit: Int = 1 << 20, logLevel: Logger.Level = .warning,
                      settings1: [SyncSettingPair] = [], settings2: [SyncSettingPair] = [],
                      logger1: Logger? = nil, logger2: Logger? = nil,
                      dataplane1: (any Dataplane)? = nil, dataplane2: (any Dataplane)? = nil,
-                     policy1: PolicySettings? = nil, policy2: PolicySettings? = nil, vrf: String = "main") async throws -> Pair {
+                     policy1: PolicySettings? = nil, policy2: PolicySettings? = nil, vrf: String = "main",
+                     rulesetCheck1: Bool = true) async throws -> Pair {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         var logger = Logger(label: "test")
         logger.logLevel = logLevel
@@ -69,7 +70,7 @@ struct Pair {
         let dp2 = MemoryDataplane(vrf: "main")
         let e1 = SyncEngine(
             settings: settings(node: "ha1", source: "127.0.0.1", peer: "127.0.0.2", peerName: "ha2", connections: connections,
-                               queueLimit: queueLimit, syncSettings: settings1, vrf: vrf),
+                               queueLimit: queueLimit, syncSettings: settings1, vrf: vrf, rulesetCheck: rulesetCheck1),
             tls: try TestPKI.material(TestPKI.ha1), dataplane: dataplane1 ?? dp1, group: group, logger: logger1 ?? logger,
             policy: policy1)
         let e2 = SyncEngine(

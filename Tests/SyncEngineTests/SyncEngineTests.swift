@@ -75,12 +75,76 @@ struct HelloCheckTests {
         pair.startSending()
         #expect(await eventually { pair.e2.store.count == 100 })
         func differences(_ log: InMemoryLogHandler) -> [String] {
-            log.entries.filter { $0.level == .warning && "\($0.message)".contains("sync settings differ") }
+            log.entries.filter { $0.level == .warning && "\($0.message)" == "configuration drift with the peer" }
                 .compactMap { $0.metadata["differences"].map { "\($0)" } }
         }
-        #expect(differences(log2).contains("conntrack_timeouts.tcp_undefined: here 20, peer 10"), "\(log2.entries)")
-        #expect(differences(log1).contains("conntrack_timeouts.tcp_undefined: here 10, peer 20"), "\(log1.entries)")
+        // One warning per node (not one per connection), naming the setting.
+        #expect(await eventually { differences(log1).count == 1 && differences(log2).count == 1 })
+        #expect(differences(log2).first?.hasPrefix("conntrack_timeouts.tcp_undefined: here 20, peer 10") == true, "\(log2.entries)")
+        #expect(differences(log1).first?.hasPrefix("conntrack_timeouts.tcp_undefined: here 10, peer 20") == true, "\(log1.entries)")
+        #expect(pair.e1.configDrift.kind == .settings && pair.e2.configDrift.kind == .settings)
         #expect(await pair.e1.statistics().connections[0].connectionStatus == .established)
+        await pair.shutdown()
+    }
+
+    static func ruleset(_ chain: UInt8) -> RulesetFingerprint {
+        .known(RulesetDigest(digest: [UInt8](repeating: chain, count: 32), parts: [
+            RulesetPart(name: "table ip nat", digest: [UInt8](repeating: 1, count: 8)),
+            RulesetPart(name: "table ip nat chain postrouting", digest: [UInt8](repeating: chain, count: 8)),
+        ]))
+    }
+
+    @Test("ruleset fingerprints: exchanged in the hellos, a change after the sessions came up reaches the peer, one warning when it appears and one notice when it clears")
+    func rulesetDriftFollowsChanges() async throws {
+        let log1 = InMemoryLogHandler()
+        let log2 = InMemoryLogHandler()
+        let pair = try await Pair.make(connections: 2, logger1: Logger(label: "ha1") { _ in log1 }, logger2: Logger(label: "ha2") { _ in log2 })
+        #expect(pair.e1.configDrift.description == "unknown (nothing heard from the peer yet)")
+        pair.e1.setLocalRuleset(Self.ruleset(2))
+        pair.e2.setLocalRuleset(Self.ruleset(2))
+        pair.startSending()
+        #expect(await eventually { pair.e1.configDrift.kind == .none && pair.e2.configDrift.kind == .none })
+        #expect(pair.e1.peerRuleset == Self.ruleset(2))
+
+        // ha2's ruleset changes while the connections are up: its RULESET messages tell ha1.
+        pair.e2.setLocalRuleset(Self.ruleset(3))
+        #expect(await eventually {
+            pair.e1.configDrift == ConfigDrift(kind: .ruleset, details: ["table ip nat chain postrouting differs"])
+                && pair.e2.configDrift.kind == .ruleset
+        })
+        #expect(pair.e1.peerRuleset == Self.ruleset(3))
+        // The same again (every check sends it): no second warning.
+        pair.e2.setLocalRuleset(Self.ruleset(3))
+        pair.e2.setLocalRuleset(.unknown(reason: "nft timed out"))
+        #expect(await eventually { pair.e1.configDrift.description == "unknown (the peer: nft timed out)" })
+        pair.e2.setLocalRuleset(Self.ruleset(3))
+        #expect(await eventually { pair.e1.configDrift.kind == .ruleset })
+        pair.e2.setLocalRuleset(Self.ruleset(2))
+        #expect(await eventually { pair.e1.configDrift.kind == .none && pair.e2.configDrift.kind == .none })
+
+        func lines(_ log: InMemoryLogHandler, _ level: Logger.Level, _ message: String) -> [InMemoryLogHandler.Entry] {
+            log.entries.filter { $0.level == level && "\($0.message)" == message }
+        }
+        for log in [log1, log2] {
+            let warnings = lines(log, .warning, "configuration drift with the peer")
+            #expect(warnings.count == 1, "\(log.entries)")
+            #expect(warnings.first?.metadata["drift"] == "ruleset")
+            #expect(warnings.first?.metadata["differences"] == "table ip nat chain postrouting differs")
+            #expect(warnings.first?.metadata["vrf"] == "main" && warnings.first?.metadata["peer"] != nil)
+            #expect(lines(log, .notice, "configuration drift with the peer cleared").count == 1, "\(log.entries)")
+        }
+        await pair.shutdown()
+    }
+
+    @Test("with the ruleset check off on one node, its peer says why the ruleset is unknown and still compares the settings")
+    func rulesetCheckOff() async throws {
+        let pair = try await Pair.make(connections: 1, rulesetCheck1: false)
+        pair.e2.setLocalRuleset(Self.ruleset(2))
+        pair.startSending()
+        #expect(await eventually {
+            pair.e2.configDrift.description == "unknown (the peer: the ruleset check is off (ruleset_check_interval 0))"
+                && pair.e1.configDrift.kind == .none
+        })
         await pair.shutdown()
     }
 }

@@ -7,11 +7,26 @@ import Testing
     static let allMessages: [SyncControlMessage] = {
         var out: [SyncControlMessage] = [
             .hello(sampleHello),
-            .hello(Hello(nodeID: "n", vrf: "v", connectionIndex: 0, connectionCount: 1, fingerprint: [], settings: [])),
+            .hello(Hello(nodeID: "n", vrf: "v", connectionIndex: 0, connectionCount: 1, fingerprint: [], settings: [],
+                         ruleset: .unknown(reason: ""))),
             .hello(Hello(
                 nodeID: String(repeating: "x", count: 255), vrf: "blue", connectionIndex: 63, connectionCount: 64,
                 fingerprint: [UInt8](repeating: 0xFF, count: 255),
-                settings: (0..<256).map { SyncSettingPair(key: "k\($0)", value: "") })),
+                settings: (0..<256).map { SyncSettingPair(key: "k\($0)", value: "") },
+                ruleset: .known(RulesetDigest(
+                    digest: [UInt8](repeating: 0xEE, count: 32),
+                    parts: [RulesetPart(name: String(repeating: "n", count: 255), digest: [UInt8](repeating: 0xFF, count: 8))])))),
+            .hello(Hello(version: 3, nodeID: "n", vrf: "v", connectionIndex: 0, connectionCount: 1, fingerprint: [], settings: [],
+                         ruleset: .known(RulesetDigest(digest: Array(0..<32), parts: [], partsOmitted: true)))),
+            .hello(Hello(version: 3, nodeID: "n", vrf: "v", connectionIndex: 0, connectionCount: 1, fingerprint: [], settings: [],
+                         ruleset: .unknown(reason: String(repeating: "é", count: 2048)))),
+            // Versions 1 and 2: no ruleset field.
+            .hello(Hello(version: 2, nodeID: "n", vrf: "v", connectionIndex: 0, connectionCount: 1, fingerprint: [1], settings: [])),
+            .hello(Hello(version: 1, nodeID: "n", vrf: "v", connectionIndex: 0, connectionCount: 1, fingerprint: [1], settings: [])),
+            .ruleset(.known(sampleDigest)),
+            .ruleset(.known(RulesetDigest(digest: Array(0..<32), parts: []))),
+            .ruleset(.known(RulesetDigest(digest: Array(0..<32), parts: [], partsOmitted: true))),
+            .ruleset(.unknown(reason: "nft: command not found")),
             .resyncBegin(generation: 0),
             .resyncBegin(generation: .max),
             .resyncEnd(generation: 7, count: 0),
@@ -29,6 +44,7 @@ import Testing
                 status: s, version: 1, nodeID: "ha2", fingerprint: [1, 2, 3], settings: sampleSettings, message: "status \(s)")))
         }
         out.append(.helloAck(HelloAck(status: .unsupportedVersion, version: 9, nodeID: "", fingerprint: [], settings: [], message: "")))
+        out += acksWithRuleset.map { .helloAck($0) }
         return out
     }()
 
@@ -84,8 +100,17 @@ import Testing
         var wire = ByteBuffer()
         let hello = Hello(
             nodeID: "ha1", vrf: "red", connectionIndex: 1, connectionCount: 4, fingerprint: [0xAA, 0xBB],
-            settings: [SyncSettingPair(key: "k", value: "v")])
+            settings: [SyncSettingPair(key: "k", value: "v")], ruleset: .unknown(reason: "no"))
         wire.writeSyncMessage(.hello(hello), sequence: 0)
+        #expect(hex(wire) ==
+            "00000025" + "01" + "00000000"
+            + "4b53594e" + "0003" + "03686131" + "03726564" + "0001" + "0004" + "02aabb" + "0001" + "016b" + "0176"
+            + "00" + "0002" + "6e6f")
+        // Version 2: the same without the ruleset.
+        wire.clear()
+        var v2 = hello
+        v2.version = 2
+        wire.writeSyncMessage(.hello(v2), sequence: 0)
         #expect(hex(wire) ==
             "00000020" + "01" + "00000000"
             + "4b53594e" + "0002" + "03686131" + "03726564" + "0001" + "0004" + "02aabb" + "0001" + "016b" + "0176")
@@ -93,9 +118,25 @@ import Testing
 
     @Test func helloAckFrameGolden() {
         var wire = ByteBuffer()
-        let ack = HelloAck(status: .acceptedWithDrift, nodeID: "ha2", fingerprint: [0x01], settings: [], message: "ok")
+        var ack = HelloAck(status: .acceptedWithDrift, nodeID: "ha2", fingerprint: [0x01], settings: [], message: "ok")
         wire.writeSyncMessage(.helloAck(ack), sequence: 0)
-        #expect(hex(wire) == "00000014" + "02" + "00000000" + "01" + "0002" + "03686132" + "0101" + "0000" + "00026f6b")
+        #expect(hex(wire) == "00000014" + "02" + "00000000" + "01" + "0003" + "03686132" + "0101" + "0000" + "00026f6b")
+        // With the receiver's ruleset, trailing.
+        ack.ruleset = .known(RulesetDigest(digest: [UInt8](repeating: 0x11, count: 32), parts: [], partsOmitted: true))
+        wire.clear()
+        wire.writeSyncMessage(.helloAck(ack), sequence: 0)
+        #expect(hex(wire) == "00000036" + "02" + "00000000" + "01" + "0003" + "03686132" + "0101" + "0000" + "00026f6b"
+            + "02" + "20" + String(repeating: "11", count: 32))
+    }
+
+    @Test func rulesetFrameGolden() {
+        var wire = ByteBuffer()
+        let digest = RulesetDigest(digest: [UInt8](repeating: 0xAB, count: 32),
+                                   parts: [RulesetPart(name: "table ip nat", digest: [1, 2, 3, 4, 5, 6, 7, 8])])
+        wire.writeSyncMessage(.ruleset(.known(digest)), sequence: 5)
+        #expect(hex(wire) == "0000003f" + "08" + "00000005"
+            + "01" + "20" + String(repeating: "ab", count: 32) + "0001"
+            + "0c" + hex(Array("table ip nat".utf8)) + "08" + "0102030405060708")
     }
 
     @Test func updatesFrameGolden() throws {
@@ -157,7 +198,7 @@ import Testing
         #expect(frame.sequence == 9)
     }
 
-    @Test(arguments: [UInt8(0x00), 0x05, 0x08, 0x7F, 0xFF])
+    @Test(arguments: [UInt8(0x00), 0x05, 0x09, 0x7F, 0xFF])
     func unknownMessageType(type: UInt8) throws {
         var wire = buffer(hex: "00000005" + hex([type]) + "00000000")
         let frame = try #require(try wire.readSyncFrame())
@@ -174,10 +215,24 @@ import Testing
         return wire.getSlice(at: SyncWire.headerLength, length: wire.readableBytes - SyncWire.headerLength)!
     }
 
+    /// Version 3 acks with the receiver's ruleset (a trailing field).
+    static let acksWithRuleset: [HelloAck] = [
+        HelloAck(status: .accepted, version: 3, nodeID: "ha2", fingerprint: [9], settings: sampleSettings, message: "",
+                 ruleset: .known(sampleDigest)),
+        HelloAck(status: .acceptedWithDrift, version: 3, nodeID: "ha2", fingerprint: [], settings: [], message: "x",
+                 ruleset: .unknown(reason: "not read yet")),
+    ]
+
     @Test(arguments: allMessages)
     func everyTruncatedPayloadThrowsTruncated(message: SyncControlMessage) {
         let full = Self.payload(message)
-        for n in 0..<full.readableBytes {
+        // An ack cut right before its trailing ruleset is a whole ack without one.
+        var whole = -1
+        if case .helloAck(var a) = message, a.ruleset != nil {
+            a.ruleset = nil
+            whole = Self.payload(.helloAck(a)).readableBytes
+        }
+        for n in 0..<full.readableBytes where n != whole {
             let prefix = full.getSlice(at: full.readerIndex, length: n)!
             let e = caught { try SyncControlMessage.decode(type: message.type, payload: prefix) }
             #expect(isTruncated(e), "\(message.type) prefix \(n): \(String(describing: e))")
@@ -188,14 +243,20 @@ import Testing
     func trailingBytesAreRejected(message: SyncControlMessage) {
         var p = Self.payload(message)
         p.writeInteger(UInt8(0))
-        #expect(caught { try SyncControlMessage.decode(type: message.type, payload: p) }
-            == .trailingBytes(message: "\(message.type)", count: 1))
+        let e = caught { try SyncControlMessage.decode(type: message.type, payload: p) }
+        if case .helloAck(let a) = message, a.version >= SyncWire.rulesetVersion, a.ruleset == nil {
+            // Bytes after the message of a version 3 ack are its ruleset: one byte is a cut one.
+            #expect(isTruncated(e), "\(String(describing: e))")
+        } else {
+            #expect(e == .trailingBytes(message: "\(message.type)", count: 1))
+        }
     }
 
     /// A hello payload with the given fields, byte by byte.
     static func helloPayload(
         magic: UInt32 = SyncWire.magic, version: UInt16 = SyncWire.version, node: [UInt8] = Array("ha1".utf8),
-        vrf: [UInt8] = Array("red".utf8), index: UInt16 = 0, count: UInt16 = 4, settingsCount: UInt16 = 0
+        vrf: [UInt8] = Array("red".utf8), index: UInt16 = 0, count: UInt16 = 4, settingsCount: UInt16 = 0,
+        ruleset: [UInt8] = [0, 0, 0]
     ) -> ByteBuffer {
         var b = ByteBuffer()
         b.writeInteger(magic)
@@ -206,12 +267,15 @@ import Testing
         b.writeInteger(count)
         b.writeInteger(UInt8(0))
         b.writeInteger(settingsCount)
+        // Version 3: the ruleset (default: unknown, empty reason).
+        if version >= 3 { b.writeBytes(ruleset) }
         return b
     }
 
     @Test func helloBuilderMatchesEncoder() throws {
         #expect(try SyncControlMessage.decode(type: .hello, payload: Self.helloPayload())
-            == .hello(Hello(nodeID: "ha1", vrf: "red", connectionIndex: 0, connectionCount: 4, fingerprint: [], settings: [])))
+            == .hello(Hello(nodeID: "ha1", vrf: "red", connectionIndex: 0, connectionCount: 4, fingerprint: [], settings: [],
+                            ruleset: .unknown(reason: ""))))
     }
 
     @Test func helloBadMagic() {
@@ -221,14 +285,21 @@ import Testing
         #expect(SyncProtocolError.badMagic.errorCode == .notKeepstate)
     }
 
-    /// Version 2 only added a record field, so a version 1 sender is still accepted.
-    @Test func helloVersionOneIsAccepted() throws {
-        #expect(SyncWire.version == 2 && SyncWire.minimumVersion == 1)
-        #expect(try SyncControlMessage.decode(type: .hello, payload: Self.helloPayload(version: 1))
-            == .hello(Hello(version: 1, nodeID: "ha1", vrf: "red", connectionIndex: 0, connectionCount: 4, fingerprint: [], settings: [])))
+    /// Version 2 only added a record field and version 3 a trailing hello field, so version 1
+    /// and 2 senders are still accepted, without a ruleset.
+    @Test(arguments: [UInt16(1), 2])
+    func olderHellosAreAccepted(version: UInt16) throws {
+        #expect(SyncWire.version == 3 && SyncWire.minimumVersion == 1 && SyncWire.rulesetVersion == 3)
+        #expect(try SyncControlMessage.decode(type: .hello, payload: Self.helloPayload(version: version))
+            == .hello(Hello(version: version, nodeID: "ha1", vrf: "red", connectionIndex: 0, connectionCount: 4, fingerprint: [],
+                            settings: [])))
+        // A version 2 hello with the ruleset field has a byte too many for its version.
+        var p = Self.helloPayload(version: version)
+        p.writeBytes([0, 0, 0])
+        #expect(caught { try SyncControlMessage.decode(type: .hello, payload: p) } == .trailingBytes(message: "HELLO", count: 3))
     }
 
-    @Test(arguments: [UInt16(0), 3, 0xFFFF])
+    @Test(arguments: [UInt16(0), 4, 0xFFFF])
     func helloUnsupportedVersion(version: UInt16) {
         let e = caught { try SyncControlMessage.decode(type: .hello, payload: Self.helloPayload(version: version)) }
         #expect(e == .unsupportedVersion(version))
@@ -260,10 +331,10 @@ import Testing
     }
 
     @Test func helloSettingsCountLimit() {
-        var p = Self.helloPayload(settingsCount: 257)
+        var p = Self.helloPayload(version: 2, settingsCount: 257)
         #expect(caught { try SyncControlMessage.decode(type: .hello, payload: p) }
             == .invalidField(field: "settings count", reason: "257 exceeds 256"))
-        p = Self.helloPayload(settingsCount: 1)
+        p = Self.helloPayload(version: 2, settingsCount: 1)
         p.writeBytes([1, 0x6B, 1, 0xFF])   // key "k", value not UTF-8
         #expect(caught { try SyncControlMessage.decode(type: .hello, payload: p) }
             == .invalidField(field: "setting value", reason: "not valid UTF-8"))
@@ -332,7 +403,8 @@ import Testing
         #expect(SyncProtocolError.truncated(what: "x", needed: 1).errorCode == .malformed)
         #expect(SyncProtocolError.frameTooLarge(length: 2, maximum: 1).errorCode == .malformed)
         #expect(SyncProtocolError.unknownMessageType(0xAB).description == "unknown message type 0xab")
-        #expect(SyncProtocolError.unsupportedVersion(3).description == "unsupported protocol version 3 (this build speaks 1 to 2)")
+        #expect(SyncProtocolError.unsupportedVersion(4).description == "unsupported protocol version 4 (this build speaks 1 to 3)")
+        #expect(SyncMessageType.ruleset.description == "RULESET" && SyncMessageType.ruleset.isKnown)
         #expect(SyncErrorCode(rawValue: 99).description == "code-99")
         #expect(SyncMessageType(rawValue: 0x1F).description == "TYPE_0x1f")
         #expect(HelloAck.Status.acceptedWithDrift.isAccepted)

@@ -125,6 +125,14 @@ let sampleSettings = [
     SyncSettingPair(key: "vrf", value: "réd ✓"),
 ]
 
+let sampleDigest = RulesetDigest(
+    digest: Array(100..<132),
+    parts: [
+        RulesetPart(name: "table inet filter", digest: [1, 2, 3, 4, 5, 6, 7, 8]),
+        RulesetPart(name: "table inet filter chain input", digest: [8, 7, 6, 5, 4, 3, 2, 1]),
+        RulesetPart(name: "table ip nat chain postrouting ✓", digest: [0, 0, 0, 0, 0, 0, 0, 0]),
+    ])
+
 let sampleHello = Hello(
     nodeID: "ha1", vrf: "red", connectionIndex: 3, connectionCount: 4,
-    fingerprint: Array(0..<32), settings: sampleSettings)
+    fingerprint: Array(0..<32), settings: sampleSettings, ruleset: .known(sampleDigest))
