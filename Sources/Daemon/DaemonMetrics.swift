@@ -78,6 +78,12 @@ public final class DaemonMetrics: Sendable {
             if let t = v.lastTakeoverSeconds { gauge("keepstate_last_takeover_seconds", d, t) }
             gauge("keepstate_connections_established", d, v.connectionsEstablished)
             gauge("keepstate_connections", d, v.connections)
+            // Configuration drift against the peer (docs/operations.md): 1 for the current kind.
+            if let drift = v.drift {
+                for kind in ["none", "ruleset", "settings", "both", "unknown"] {
+                    gauge("keepstate_config_drift", d + [("kind", kind)], drift == kind ? 1 : 0)
+                }
+            }
         }
         for c in conntracks {
             let d = [("vrf", c.vrf)]

@@ -9,15 +9,17 @@ import Testing
 /// The Prometheus endpoint: samples recorded from `show` replies, served on 127.0.0.1 with an
 /// ephemeral port, read back over HTTP.
 @Suite struct MetricsTests {
-    private static func state(transitions: Int, role: String, takeover: Double?) -> StateReport {
-        StateReport(
+    private static func state(transitions: Int, role: String, takeover: Double?, drift: String? = nil) -> StateReport {
+        var blue = VRFReport(name: "blue", netns: "ns-blue", group: "VI_1", role: role, conntracks: 42, held: 7,
+                             holdQueue: 0, holdRefused: 0, lastTakeoverSeconds: takeover, lastRearm: nil,
+                             connectionsEstablished: 1, connections: 2, dataplaneError: nil)
+        blue.drift = drift
+        return StateReport(
             routerID: "r1", configFile: "/etc/keepstate/keepstate.conf", uptime: 12,
             groups: [GroupReport(name: "VI_1", kind: "vrrp-instance", driven: "MASTER", override: "auto", state: "MASTER",
                                  since: 3.5, transitions: transitions, vrfs: ["blue"], vrrpState: "master",
                                  vrrpPriority: 150, vrrpFault: nil)],
-            vrfs: [VRFReport(name: "blue", netns: "ns-blue", group: "VI_1", role: role, conntracks: 42, held: 7,
-                             holdQueue: 0, holdRefused: 0, lastTakeoverSeconds: takeover, lastRearm: nil,
-                             connectionsEstablished: 1, connections: 2, dataplaneError: nil)])
+            vrfs: [blue])
     }
 
     private static func peer(transmit: UInt64, resyncs: UInt64) -> SyncStatistics {
@@ -43,7 +45,7 @@ import Testing
         metrics.record(state: Self.state(transitions: 2, role: "backup", takeover: nil),
                        peers: [Self.peer(transmit: 5, resyncs: 1)], conntracks: counts)
         // A second sample: counters follow the absolute values shown by `show peer`.
-        metrics.record(state: Self.state(transitions: 3, role: "master", takeover: 0.75),
+        metrics.record(state: Self.state(transitions: 3, role: "master", takeover: 0.75, drift: "ruleset"),
                        peers: [Self.peer(transmit: 12, resyncs: 2)], conntracks: counts)
 
         let server = try await MetricsHTTPServer.start(host: "127.0.0.1", port: 0) { metrics.render() }
@@ -72,6 +74,8 @@ import Testing
             #"keepstate_sync_queue_depth{vrf="blue",peer="b.example",connection="0"} 3.0"#,
             #"keepstate_sync_received_total{vrf="blue",peer="b.example"} 9"#,
             #"keepstate_sync_store_entries{vrf="blue",peer="b.example"} 7.0"#,
+            #"keepstate_config_drift{vrf="blue",kind="ruleset"} 1.0"#,
+            #"keepstate_config_drift{vrf="blue",kind="none"} 0.0"#,
         ] {
             #expect(lines.contains(expected), "missing \(expected) in:\n\(body)")
         }
