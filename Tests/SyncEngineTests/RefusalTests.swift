@@ -155,4 +155,29 @@ struct OpenSSLClientTests {
         #expect(local.refusedConnections >= 3)
         await pair.shutdown()
     }
+
+    @Test("a version 2 peer (no ruleset field) is accepted: its ack has no trailing ruleset and only the settings version 2 knows; the drift says why the ruleset is unknown",
+          .enabled(if: openssl != nil, "openssl is not installed"))
+    func versionTwoPeer() async throws {
+        let dir = try TestPKI.writeFiles()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let mine = [SyncSettingPair(key: "conntrack_timeouts.tcp_undefined", value: "10"),
+                    SyncSettingPair(key: "ha_fp_conntrack.failback_hold_max", value: "120")]
+        let pair = try await Pair.make(connections: 1, logLevel: .critical, settings2: mine)
+        pair.e2.setLocalRuleset(.known(RulesetDigest(digest: [UInt8](repeating: 7, count: 32), parts: [])))
+        var b = ByteBuffer()
+        // What a version 2 node sends: no failback_hold_max, no ruleset.
+        b.writeSyncMessage(.hello(Hello(version: 2, nodeID: "ha1", vrf: "main", connectionIndex: 0, connectionCount: 1,
+                                        fingerprint: [1], settings: [mine[0]])), sequence: 0)
+        let old = try sClient(port: pair.port2, dir: dir, cert: "ha1", stdin: Array(b.readableBytesView))
+        let reply = try #require(ack(old.out), "no ack: \(old.err)")
+        #expect(reply.status == .accepted, "the key version 2 lacks is no difference")
+        #expect(reply.ruleset == nil, "a version 2 sender refuses trailing bytes")
+        #expect(reply.settings == [mine[0]])
+        #expect(await eventually(10) {
+            pair.e2.configDrift == ConfigDrift(
+                kind: .unknown, reason: "the peer speaks protocol version 2, without ruleset fingerprints")
+        }, "\(pair.e2.configDrift)")
+        await pair.shutdown()
+    }
 }
