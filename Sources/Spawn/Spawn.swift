@@ -7,7 +7,7 @@ public import Glibc
 ///
 /// Every child gets a process group of its own (so that a timeout or a teardown can signal what
 /// it started too), no blocked signals, the default disposition for the signals it may be sent,
-/// and /dev/null for standard input.
+/// /dev/null for standard input, and no descriptor of the caller's beyond 0, 1 and 2.
 public enum Spawn {
     public struct Failure: Error, CustomStringConvertible, Sendable {
         public var description: String
@@ -22,6 +22,14 @@ public enum Spawn {
         /// A descriptor of the caller (duplicated in the child).
         case descriptor(Int32)
     }
+
+    /// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34 and later; Debian 12 has 2.36),
+    /// looked up at run time: Swift's Glibc module does not declare it (it is a `_GNU_SOURCE`
+    /// declaration). nil on a C library without it; children then inherit what is not O_CLOEXEC.
+    private static let addCloseFrom: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>?, Int32) -> Int32)? = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else { return nil }
+        return unsafeBitCast(symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>?, Int32) -> Int32).self)
+    }()
 
     /// Starts `arguments` (the first is looked up in PATH) and returns its PID.
     /// - Parameters:
@@ -51,6 +59,14 @@ public enum Spawn {
             direct(errors, to: 2)
         } else {
             posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        }
+        // Nothing else of the caller's: descriptors opened without O_CLOEXEC (SwiftNIO's
+        // listening sockets among them) would otherwise live on in the child. A notify script
+        // that left a process running kept the daemon's sync listener bound (a restarted daemon
+        // could not bind its port), and under `make test` a `keepstate run` started by one test
+        // held another test's listener open.
+        if let closeFrom = Self.addCloseFrom {
+            _ = closeFrom(&actions, 3)
         }
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)

@@ -1,6 +1,7 @@
 import Config
 @testable import Daemon
 import Foundation
+import Glibc
 import Logging
 import Testing
 
@@ -117,6 +118,17 @@ struct VRRPTrackingTests {
         #expect(outcome.timedOut && !outcome.succeeded)
         #expect(await ScriptRunner.run(["/bin/false"], timeout: 5).status == 1)
         #expect(await ScriptRunner.run(["/nonexistent/x"], timeout: 5).failure != nil)
+    }
+
+    @Test("a script inherits no descriptor of the daemon's beyond standard input, output and error")
+    func scriptsInheritNoDescriptors() async throws {
+        // Opened without O_CLOEXEC, as SwiftNIO's listening sockets are.
+        let fd = open("/dev/null", O_RDONLY)
+        try #require(fd > 2)
+        defer { close(fd) }
+        // The shell checks its own descriptor table: status 1 when fd is not there.
+        #expect(await ScriptRunner.run(["/bin/sh", "-c", "test -e /proc/self/fd/\(fd)"], timeout: 5).status == 1)
+        #expect(await ScriptRunner.run(["/bin/sh", "-c", "test -e /proc/self/fd/2"], timeout: 5).status == 0)
     }
 
     @Test("a script with a user runs through runuser")

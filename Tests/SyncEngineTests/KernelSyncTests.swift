@@ -154,7 +154,9 @@ struct KernelSyncTests {
         }
         /// Listens on `port` (the restarts reuse their port). The ports are below the ephemeral
         /// range, so that no other test's outgoing connection takes one between a stop and the
-        /// restart; a bind retries while the old listener closes.
+        /// restart, and below the 20000-32000 the other loopback tests pick theirs from (one of
+        /// them took this test's port once under `make test`, and the retry ran out after 10 s);
+        /// a bind retries while the old listener closes.
         func listen(_ e: SyncEngine, port: Int) async throws {
             let deadline = ContinuousClock.now + .seconds(10)
             while true {
@@ -163,11 +165,16 @@ struct KernelSyncTests {
                     return
                 } catch where Self.addressInUse(error) && ContinuousClock.now < deadline {
                     try await Task.sleep(for: .milliseconds(100))
+                } catch {
+                    // Who holds the port, for the failure's record.
+                    let holders = (try? run(["ss", "-tanp", "sport", "=", ":\(port)"]))?.output ?? "?"
+                    Issue.record("bind of port \(port) (\(type(of: error))): \(error)\n\(holders)")
+                    throw error
                 }
             }
         }
-        let port1 = Int.random(in: 20_000..<26_000)
-        let port2 = port1 + 6_000
+        let port1 = Int.random(in: 10_000..<15_000)
+        let port2 = port1 + 5_000
         let e1 = try engine("ha1", dp1, listenPort: port1)
         var dp2 = try KernelDataplane(vrf: "main", netnsPath: ns2.path, reconcileInterval: 0)
         var e2 = try engine("ha2", dp2, listenPort: port2)

@@ -21,7 +21,7 @@ import VRRPNet
         /// test` runs every suite at once on 2 cores, and 0.36 s was seen to pass unobserved.
         let intervalCs: UInt16
 
-        init(priority: UInt8, hookDelay: Duration = .zero, gratuitous: VRRPGratuitousConfiguration = .minimal,
+        init(priority: UInt8, hookDelay: Duration = .zero, hookGate: Gate? = nil, gratuitous: VRRPGratuitousConfiguration = .minimal,
              vips: [VRRPAddress] = [ip("192.0.2.100")], intervalCs: UInt16 = 10) {
             self.intervalCs = intervalCs
             group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -35,7 +35,7 @@ import VRRPNet
                                                        gratuitous: gratuitous),
                 transport: transport, announcer: FakeAnnouncer(log: log),
                 addressManager: RecordingAddressManager(log: log),
-                hooks: RecordingHooks(log: log, delay: hookDelay), eventLoop: group.next(), logger: logger)
+                hooks: RecordingHooks(log: log, delay: hookDelay, gate: hookGate), eventLoop: group.next(), logger: logger)
         }
 
         func close() async {
@@ -121,11 +121,16 @@ import VRRPNet
         // Becoming master (owner) with a slow hook; a higher-priority advert arrives meanwhile,
         // after the priority was lowered: the queued add, advert and ARP are skipped, the demotion
         // and the removal are performed, in order.
-        let f = Fixture(priority: 255, hookDelay: .milliseconds(300), intervalCs: 100)
+        // The hook is held until the demotion is in (a fixed delay was seen to end first under
+        // a loaded `make test`, leaving nothing stale).
+        let gate = Gate()
+        let f = Fixture(priority: 255, hookGate: gate, intervalCs: 100)
         await f.runner.start()
         await f.runner.setPriority(100)
         f.transport.inject(f.advert(priority: 200))
-        #expect(await labPoll(timeout: .seconds(1)) { await f.runner.state == .backup })
+        #expect(await labPoll(timeout: .seconds(10)) { await f.runner.state == .backup })
+        #expect(f.log.all == ["hook:begin"])
+        gate.open()
         await f.runner.waitUntilIdle()
         // (Only the first three: under a loaded `make test`, the backup's 3.6 s Master_Down_Interval
         // has been seen to run out before this line, making it master again.)

@@ -51,13 +51,39 @@ final class EventLog: Sendable {
     var all: [String] { entries.withLock { $0 } }
 }
 
-/// Records calls (and can be slow, to show that the runner awaits it).
+/// A latch a test opens: whoever waits before `open` resumes then; after it, at once.
+final class Gate: Sendable {
+    private let state = Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+    func wait() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let resumeNow = state.withLock { s -> Bool in
+                if s.open { return true }
+                s.waiters.append(c)
+                return false
+            }
+            if resumeNow { c.resume() }
+        }
+    }
+    func open() {
+        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.open = true
+            defer { s.waiters = [] }
+            return s.waiters
+        }
+        for w in waiters { w.resume() }
+    }
+}
+
+/// Records calls (and can be slow, or held until a test opens `gate`, to show that the runner
+/// awaits it).
 struct RecordingHooks: VRRPRunnerHooks {
     let log: EventLog
     var delay: Duration = .zero
+    var gate: Gate?
     func willBecomeMaster(_ reason: VRRPTransitionReason) async {
         log.append("hook:begin")
         if delay > .zero { try? await Task.sleep(for: delay) }
+        if let gate { await gate.wait() }
         log.append("hook:end")
     }
 }
