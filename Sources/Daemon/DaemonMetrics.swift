@@ -78,6 +78,7 @@ public final class DaemonMetrics: Sendable {
             if let t = v.lastTakeoverSeconds { gauge("keepstate_last_takeover_seconds", d, t) }
             gauge("keepstate_connections_established", d, v.connectionsEstablished)
             gauge("keepstate_connections", d, v.connections)
+            gauge("keepstate_dataplane_error", d, v.dataplaneError == nil ? 0 : 1)
             // Configuration drift against the peer (docs/operations.md): 1 for the current kind.
             if let drift = v.drift {
                 for kind in ["none", "ruleset", "settings", "both", "unknown"] {

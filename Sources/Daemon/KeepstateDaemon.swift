@@ -315,7 +315,7 @@ public actor KeepstateDaemon {
         for vrf in new.vrfs {
             // A VRF whose dataplane lost its table (its namespace deleted or replaced) is
             // opened again, in the namespace its name now gives.
-            if let runtime = vrfs[vrf.name], old.vrf(named: vrf.name)?.netns == vrf.netns, runtime.dataplane.dataplaneError == nil {
+            if let runtime = vrfs[vrf.name], old.vrf(named: vrf.name)?.netns == vrf.netns, !runtime.dataplane.tableLost {
                 if old.vrf(named: vrf.name) != vrf || old.routerID != new.routerID {
                     do {
                         try await runtime.reconfigure(vrf, routerID: new.routerID)

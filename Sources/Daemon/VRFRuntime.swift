@@ -1,6 +1,5 @@
 public import Config
 public import Dataplane
-import KernelDataplane
 import Logging
 import NIOCore
 public import SyncEngine
@@ -78,6 +77,15 @@ final class VRFRuntime {
         var logger = logger
         logger[metadataKey: "vrf"] = "\(config.name)"
         self.logger = logger
+        // One line when the table stops being followed (namespace gone, dumps failing) and one
+        // when it is followed again: `show state` alone would leave monitoring blind to it.
+        dataplane.onProblemChange { [logger] problem in
+            if let problem {
+                logger.error("the VRF's conntrack table is not followed", metadata: ["error": "\(problem)"])
+            } else {
+                logger.notice("the VRF's conntrack table is followed again")
+            }
+        }
     }
 
     /// Starts (or restarts, after a reload that changed the sync settings) the sync engine. The
@@ -97,10 +105,18 @@ final class VRFRuntime {
                                 policy: PolicySettings(vrf: config))
         // Before the listener and the connections: the first hellos carry the last fingerprint.
         updateRulesetWatcher(engine: engine)
-        try engine.adoptHeld()
-        engine.setRole(role)
-        self.role = role
-        try await engine.startListening()
+        do {
+            try engine.adoptHeld()
+            engine.setRole(role)
+            self.role = role
+            try await engine.startListening()
+        } catch {
+            // Nothing of a failed start keeps running: not the ruleset watcher (its thread and
+            // its `nft` runs, one more at each reload that retried the VRF), not the engine.
+            updateRulesetWatcher(engine: nil)
+            await engine.shutdown()
+            throw error
+        }
         engine.startSending()
         self.engine = engine
         self.settings = settings
@@ -186,7 +202,7 @@ final class VRFRuntime {
         if let engine { await engine.shutdown() }
         engine = nil
         // The kernel table's event thread holds the dataplane until told to stop.
-        (dataplane as? KernelDataplane)?.stop()
+        dataplane.stop()
     }
 
     nonisolated(nonsending) func report(groupName: String?) async -> VRFReport {

@@ -52,10 +52,26 @@ public protocol Dataplane: AnyObject, Sendable {
     /// Why the table cannot be followed right now (its network namespace was deleted, its dumps
     /// fail), nil while it works: what `show state` reports as the VRF's `dataplaneError`.
     var dataplaneError: String? { get }
+
+    /// Whether the table itself is gone from reach (its network namespace deleted or replaced):
+    /// a reload opens such a dataplane again. A failed dump alone is not that (the next one may
+    /// work), though `dataplaneError` reports it too.
+    var tableLost: Bool { get }
+
+    /// `handler` is called (on the dataplane's own thread) each time `dataplaneError` changes,
+    /// with its new value: nil when the problem cleared.
+    func onProblemChange(_ handler: @escaping @Sendable (String?) -> Void)
+
+    /// Stops what the dataplane runs on its own (a kernel table's event thread); it is not
+    /// used afterwards.
+    func stop()
 }
 
 extension Dataplane {
     public var dataplaneError: String? { nil }
+    public var tableLost: Bool { false }
+    public func onProblemChange(_ handler: @escaping @Sendable (String?) -> Void) {}
+    public func stop() {}
 
     /// A fallback for dataplanes without a way to read single entries: a dump, filtered. The
     /// kernel and memory dataplanes read just the keys.

@@ -67,6 +67,9 @@ struct Bench: AsyncParsableCommand {
             return s.isEmpty ? .nan : s[s.count / 2]
         }
         if comparisonOnly {
+            guard getuid() == 0 else {
+                throw ValidationError("--comparison-only needs root (network namespaces, nf_conntrack_max)")
+            }
             try compareWithConntrackd(counts: counts)
             return
         }
@@ -120,8 +123,6 @@ struct Bench: AsyncParsableCommand {
             }
         }
 
-        if conntrackd { try compareWithConntrackd(counts: counts) }
-
         let w = rows.map(\.0.count).max() ?? 10
         print("")
         print("| " + "measurement".padding(toLength: w, withPad: " ", startingAt: 0) + " | median         | vs baseline |")
@@ -131,6 +132,8 @@ struct Bench: AsyncParsableCommand {
                   + r.1.padding(toLength: 14, withPad: " ", startingAt: 0) + " | "
                   + r.2.padding(toLength: 11, withPad: " ", startingAt: 0) + " |")
         }
+        // After the main table: a comparison that fails does not take the figures above with it.
+        if conntrackd { try compareWithConntrackd(counts: counts) }
     }
 
     /// The conntrackd comparison's table (printed as soon as it is measured).
@@ -140,6 +143,11 @@ struct Bench: AsyncParsableCommand {
             return
         }
         guard DrillRun.onPath("conntrackd") else { throw ValidationError("conntrackd is not installed (make deps installs it)") }
+        // Namespaces (and the daemons in them), sysctls and files go on every way out, an
+        // interruption included (an interrupted run once left both conntrackd running).
+        DrillJanitor.removeLeftovers { emit($0) }
+        DrillJanitor.shared.trapSignals()
+        defer { DrillJanitor.shared.cleanAll() }
         let connections = counts.max() ?? 4
         for n in comparisonEntries.split(separator: ",").compactMap({ Int($0) }).filter({ $0 > 0 }) {
             try compareWithConntrackd(entries: n, connections: connections)

@@ -25,10 +25,19 @@ struct CheckConfig: ParsableCommand {
     var skipFiles = false
 
     func run() throws {
+        let config = try Self.validate(file, files: !skipFiles)
+        print(Self.summary(config, file: file), terminator: "")
+    }
+
+    /// Loads and checks a configuration as `check-config` does: the file, what this build
+    /// refuses (VRRP), and with `files` the TLS files it names (read and matched). Every problem
+    /// goes to standard error with its `file:line`; then it throws `KeepstateExit.invalidConfig`
+    /// (exit 3). `keepstate run` calls it too, before anything starts.
+    static func validate(_ file: String, files: Bool) throws -> KeepstateConfig {
         let config: KeepstateConfig
         do {
             config = try ConfigLoader.load(path: file)
-            if !skipFiles { try config.validateFiles() }
+            if files { try config.validateFiles() }
         } catch {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
             throw KeepstateExit.invalidConfig
@@ -36,7 +45,7 @@ struct CheckConfig: ParsableCommand {
         let refusals = VRRPSupport.refusals(config)
         for r in refusals { FileHandle.standardError.write(Data("\(r)\n".utf8)) }
         if !refusals.isEmpty { throw KeepstateExit.invalidConfig }
-        if !skipFiles {
+        if files {
             var failed = false
             for vrf in config.vrfs {
                 guard let tls = vrf.sync?.tls else { continue }
@@ -49,7 +58,7 @@ struct CheckConfig: ParsableCommand {
             }
             if failed { throw KeepstateExit.invalidConfig }
         }
-        print(Self.summary(config, file: file), terminator: "")
+        return config
     }
 
     static func summary(_ config: KeepstateConfig, file: String) -> String {

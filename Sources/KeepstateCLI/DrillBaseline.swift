@@ -198,16 +198,20 @@ extension DrillRun {
         report.backupHeld = conntrackdCount(b, cache: "external")
         dumpFlows(topo, "before-failure")
 
-        // The failure, as in the other runs: r1's processes frozen, its links down, the processes killed.
+        // The failure, as in the other runs (`--failure`): power, r1's processes frozen, its links
+        // down, the processes killed; links, only the links down.
         let rtos = topo.clientRTOs()
         report.clientRTOMedianMs = DrillAnalysis.median(rtos)
         report.clientRTOMaxMs = rtos.max()
-        let (failure, frozen) = try topo.fail(topo.r1, power: true)
+        let power = drill.failure == .power
+        let (failure, frozen) = try topo.fail(topo.r1, power: power)
         client.send("mark \(failure)")
         topo.killAll(frozen)
-        r1.keepalived?.kill()
-        r1.conntrackd?.kill()
-        say("r1 failed: links down, keepalived and conntrackd killed")
+        if power {
+            r1.keepalived?.kill()
+            r1.conntrackd?.kill()
+        }
+        say("r1 failed: links down\(power ? ", keepalived and conntrackd killed" : "")")
         report.survivorMasterSeconds = timeTakeover(since: failure, r2HasVIPs)
         say("r2 has the addresses after \(DrillAnalysis.fmt(report.survivorMasterSeconds)) s")
         watchFlows(client, since: failure)

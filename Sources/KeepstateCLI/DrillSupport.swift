@@ -106,7 +106,7 @@ final class DrillJanitor: @unchecked Sendable {
                 let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
                 source.setEventHandler { [self] in
                     lock.withLock { signalled = signalled ?? sig }
-                    FileHandle.standardError.write(Data("keepstate drill: signal \(sig): cleaning up\n".utf8))
+                    FileHandle.standardError.write(Data("keepstate: signal \(sig): cleaning up\n".utf8))
                     cleanAll()
                     exit(128 + sig)
                 }
@@ -116,24 +116,33 @@ final class DrillJanitor: @unchecked Sendable {
         }
     }
 
-    /// Removes namespaces and working directories left by drills that were killed (SIGKILL
-    /// leaves no chance to clean up): names `ksd<pid>-...` whose process is gone.
+    /// Removes namespaces and working directories left by drills and conntrackd comparisons that
+    /// were killed (SIGKILL leaves no chance to clean up): names `ksd<pid>-...` and
+    /// `ks-cmp-<tag>-<node>-<pid>` whose process is gone.
     static func removeLeftovers(log: (String) -> Void) {
         guard let list = try? Shell.run(["ip", "netns", "list"]), list.status == 0 else { return }
         for line in list.output.split(whereSeparator: \.isNewline) {
             let name = String(line.split(separator: " ").first ?? "")
-            guard name.hasPrefix("ksd"), let dash = name.firstIndex(of: "-"),
-                  let pid = Int32(name[name.index(name.startIndex, offsetBy: 3)..<dash]) else { continue }
+            let owner: Int32?
+            if name.hasPrefix("ks-cmp-") {
+                owner = name.split(separator: "-").last.flatMap { Int32($0) }
+            } else if name.hasPrefix("ksd"), let dash = name.firstIndex(of: "-") {
+                owner = Int32(name[name.index(name.startIndex, offsetBy: 3)..<dash])
+            } else {
+                owner = nil
+            }
+            guard let pid = owner else { continue }
             if pid == getpid() { continue }
             if Glibc.kill(pid, 0) == 0 || errno == EPERM { continue }
-            log("removing namespace \(name), left by drill process \(pid) which is gone")
+            log("removing namespace \(name), left by process \(pid) which is gone")
             deleteNamespace(name)
         }
-        if let entries = try? FileManager.default.contentsOfDirectory(atPath: "/run") {
-            for e in entries where e.hasPrefix("ksd") {
-                guard let pid = Int32(e.dropFirst(3)), pid != getpid() else { continue }
+        for (dir, prefix) in [("/run", "ksd"), ("/tmp", "ks-cmp-")] {
+            guard let entries = try? FileManager.default.contentsOfDirectory(atPath: dir) else { continue }
+            for e in entries where e.hasPrefix(prefix) {
+                guard let pid = Int32(e.dropFirst(prefix.count)), pid != getpid() else { continue }
                 if Glibc.kill(pid, 0) == 0 || errno == EPERM { continue }
-                try? FileManager.default.removeItem(atPath: "/run/\(e)")
+                try? FileManager.default.removeItem(atPath: "\(dir)/\(e)")
             }
         }
     }

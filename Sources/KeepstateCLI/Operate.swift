@@ -43,6 +43,12 @@ func finish(_ reply: ControlReply, for command: ControlCommand, json: Bool) thro
     if json {
         FileHandle.standardOutput.write(Data(ShowRender.json(reply).utf8))
     } else if reply.ok {
+        if let part = ShowRender.missing(reply, for: command) {
+            FileHandle.standardError.write(Data(("keepstate: the daemon's reply to \(command.rawValue) has no \"\(part)\": it "
+                + "runs another keepstate version than this command; restart it (systemctl restart keepstate) to run the "
+                + "installed version\n").utf8))
+            throw KeepstateExit.refused
+        }
         FileHandle.standardOutput.write(Data(ShowRender.human(reply, for: command).utf8))
     }
     if !reply.ok {
@@ -92,18 +98,14 @@ struct Run: AsyncParsableCommand {
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
         }
-        // An invalid configuration exits 3 (systemd does not restart the unit for it), before
-        // anything starts; the daemon loads the file again when it starts.
+        // An invalid configuration (the file, a refused VRRP setting, unreadable or mismatched
+        // TLS files) exits 3 before anything starts, as `check-config` says it; systemd does not
+        // restart the unit for it. The daemon loads the file again when it starts.
         do {
-            let loaded = try ConfigLoader.load(path: config)
-            let refusals = VRRPSupport.refusals(loaded)
-            if !refusals.isEmpty {
-                FileHandle.standardError.write(Data(refusals.map { "\($0)\n" }.joined().utf8))
-                throw KeepstateExit.invalidConfig
-            }
-        } catch let errors as ConfigErrors {
-            FileHandle.standardError.write(Data("\(errors)\nkeepstate: the configuration is invalid; nothing started\n".utf8))
-            throw KeepstateExit.invalidConfig
+            _ = try CheckConfig.validate(config, files: true)
+        } catch {
+            FileHandle.standardError.write(Data("keepstate: the configuration is invalid; nothing started\n".utf8))
+            throw error
         }
         var logger = Logger(label: "keepstate")
         logger.logLevel = level

@@ -8,6 +8,19 @@ import SyncEngine
 extension ShowRender {
     /// Standard output of a `show` command for an `ok` reply: the indented tree, ending with a
     /// newline.
+    /// What an `ok` reply lacks for `command`, if anything: a daemon of another version that
+    /// answers without the part this client renders (the output would otherwise claim "no VRRP
+    /// configured" or print nothing).
+    public static func missing(_ reply: ControlReply, for command: ControlCommand) -> String? {
+        switch command {
+        case .showState where reply.state == nil: "state"
+        case .showVRRP where reply.vrrp == nil: "vrrp"
+        case .showPeer where reply.peers == nil: "peers"
+        case .showConntracks where reply.conntracks == nil: "conntracks"
+        default: nil
+        }
+    }
+
     public static func human(_ reply: ControlReply, for command: ControlCommand) -> String {
         let text: String
         switch command {

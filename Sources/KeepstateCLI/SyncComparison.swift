@@ -58,7 +58,9 @@ enum SyncComparison {
             master = "ks-cmp-\(tag)-m-\(getpid())"
             backup = "ks-cmp-\(tag)-b-\(getpid())"
             for ns in [master, backup] {
-                _ = try? Shell.run(["ip", "netns", "del", ns])
+                DrillJanitor.deleteNamespace(ns)
+                // Registered before it exists: an interruption or a failure below removes it.
+                DrillJanitor.shared.adopt(namespace: ns)
                 try Shell.must(["ip", "netns", "add", ns])
                 try Shell.must(["ip", "-n", ns, "link", "set", "lo", "up"])
             }
@@ -69,7 +71,13 @@ enum SyncComparison {
             }
         }
         var masterPath: String { "/run/netns/\(master)" }
-        func destroy() { for ns in [master, backup] { _ = try? Shell.run(["ip", "netns", "del", ns]) } }
+        /// Deletes both namespaces, killing whatever still runs in them (a daemon whose stop failed).
+        func destroy() {
+            for ns in [master, backup] {
+                DrillJanitor.deleteNamespace(ns)
+                DrillJanitor.shared.forget(namespace: ns)
+            }
+        }
     }
 
     /// A daemon started in a namespace (`ip netns exec` execs it: the PID is the daemon's).
@@ -355,12 +363,16 @@ enum SyncComparison {
 
     /// Runs both `runs` times (alternating) and returns the table's rows.
     static func measure(entries n: Int, runs: Int, connections: Int, say: (String) -> Void) throws -> [(String, String, String, String)] {
-        let restoreMax = KernelBench.raise("net.netfilter.nf_conntrack_max", atLeast: 2 * n + 1024)
-        defer { restoreMax() }
-        let restoreBuckets = KernelBench.raise("net.netfilter.nf_conntrack_buckets", atLeast: 2 * n)
-        defer { restoreBuckets() }
+        // The janitor puts these back and removes the directory on every way out (the caller's
+        // cleanup, or SIGINT/SIGTERM/SIGHUP).
+        for (key, value) in [("net.netfilter.nf_conntrack_max", 2 * n + 1024), ("net.netfilter.nf_conntrack_buckets", 2 * n)] {
+            if let current = KernelBench.sysctl(key).flatMap({ Int($0) }), current < value {
+                DrillJanitor.shared.setRootSysctl(key, "\(value)")
+            }
+        }
         let workdir = "/tmp/ks-cmp-\(getpid())"
         try? FileManager.default.removeItem(atPath: workdir)
+        DrillJanitor.shared.adopt(path: workdir)
         try FileManager.default.createDirectory(atPath: workdir, withIntermediateDirectories: true)
         var ks: [Figures] = [], ctd: [Figures] = []
         for run in 1...max(1, runs) {

@@ -27,6 +27,9 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         var reconcileFailing = false
         /// The VRF's namespace was deleted or replaced since the sockets were opened.
         var namespaceProblem: String?
+        /// The `dataplaneError` last told to `problemHandler`.
+        var reportedProblem: String?
+        var problemHandler: (@Sendable (String?) -> Void)?
         var eventsSeen = 0
     }
 
@@ -113,7 +116,28 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
     /// one took its name) while the daemon ran, or the last reconciliation's dump failed.
     /// Checked once a second.
     public var dataplaneError: String? {
-        state.withLock { s in s.namespaceProblem ?? (s.reconcileFailing ? s.lastError : nil) }
+        state.withLock { Self.problem($0) }
+    }
+
+    public var tableLost: Bool { state.withLock { $0.namespaceProblem != nil } }
+
+    public func onProblemChange(_ handler: @escaping @Sendable (String?) -> Void) {
+        state.withLock { $0.problemHandler = handler }
+    }
+
+    private static func problem(_ s: State) -> String? {
+        s.namespaceProblem ?? (s.reconcileFailing ? s.lastError : nil)
+    }
+
+    /// Tells the handler when `dataplaneError` changed since it was last told (outside the lock).
+    private func reportProblemChange() {
+        let change: ((@Sendable (String?) -> Void), String?)? = state.withLock { s in
+            let now = Self.problem(s)
+            guard now != s.reportedProblem, let handler = s.problemHandler else { return nil }
+            s.reportedProblem = now
+            return (handler, now)
+        }
+        if let (handler, problem) = change { handler(problem) }
     }
 
     /// Compares what `netnsPath` names with the namespace the sockets were opened in. The
@@ -132,7 +156,10 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         default:
             problem = nil
         }
-        state.withLock { $0.namespaceProblem = problem }
+        state.withLock { s in
+            if s.namespaceProblem != problem { s.namespaceProblem = problem }
+        }
+        reportProblemChange()
     }
 
     public func dump() throws -> [Conntrack] {
@@ -304,6 +331,7 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
             if reconcileInterval > 0, ContinuousClock.now - lastReconcile > .milliseconds(Int(reconcileInterval * 1000)) {
                 lastReconcile = ContinuousClock.now
                 reconcile(countAsOverrun: false)
+                reportProblemChange()
             }
             let r = poll(&pfd, 1, 100)
             if r <= 0 { continue }
@@ -314,6 +342,7 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
                 // ENOBUFS: the kernel dropped events. Any other read error may have lost some
                 // too. Either way a dump puts the mirror right and tells the subscribers.
                 reconcile(countAsOverrun: true)
+                reportProblemChange()
             }
         }
     }

@@ -281,7 +281,18 @@ final class BackupHolder: @unchecked Sendable {
         // takeover belongs to the retransmissions of every flow. Its dump and writes run in this
         // thread's system calls, so they yield the CPU to forwarding at the lowest priority.
         let lowered = ThreadPriority.lower()
-        defer { ThreadPriority.restore(lowered) }
+        if lowered == nil {
+            logger.notice("the re-arm after takeover runs at the usual priority: its thread's nice value could not be lowered",
+                          metadata: ["errno": "\(errno)"])
+        }
+        defer {
+            if let lowered, !ThreadPriority.restore(lowered) {
+                // The holder thread stays at nice 19: its later writes (as backup again) yield to
+                // everything else on a busy machine. Said once per re-arm, with the fix.
+                logger.warning("the holder thread stays at nice 19 after the re-arm (raising it again needs CAP_SYS_NICE)",
+                               metadata: ["nice": "\(lowered)", "errno": "\(errno)"])
+            }
+        }
         do {
             let result = try dataplane.rearm(above: policy.threshold, timeout: timeout)
             let took = ContinuousClock.now - start
@@ -317,17 +328,15 @@ enum ThreadPriority {
     /// nil when it could not be changed (the work then runs at the usual priority).
     static func lower() -> Int32? {
         // `who` 0 is the calling thread: on Linux the nice value belongs to a thread.
-        let tid: id_t = 0
         errno = 0
-        let former = getpriority(__priority_which_t(PRIO_PROCESS.rawValue), tid)
-        guard errno == 0, setpriority(__priority_which_t(PRIO_PROCESS.rawValue), tid, 19) == 0 else { return nil }
+        let former = getpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0)
+        guard errno == 0, setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, 19) == 0 else { return nil }
         return former
     }
 
-    /// Gives the calling thread its former nice value back (raising it again needs the
-    /// CAP_SYS_NICE the daemon has as root; without it the thread stays lowered).
-    static func restore(_ former: Int32?) {
-        guard let former else { return }
-        _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, former)
+    /// Gives the calling thread its former nice value back; false when it could not (raising it
+    /// again needs CAP_SYS_NICE, which root has unless a unit's CapabilityBoundingSet drops it).
+    static func restore(_ former: Int32) -> Bool {
+        setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, former) == 0
     }
 }

@@ -175,7 +175,7 @@ public enum SettingsDrift {
 
     /// Lines such as `ha_delays.tcp.synchronization: here 1, peer 2`, sorted by key.
     public static func differences(local: [SyncSettingPair], remote: [SyncSettingPair],
-                                   peerVersion: UInt16 = SyncWire.version) -> [String] {
+                                   peerVersion: UInt16) -> [String] {
         var mine: [String: String] = [:]
         for s in local { mine[s.key] = s.value }
         var theirs: [String: String] = [:]

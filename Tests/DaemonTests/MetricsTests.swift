@@ -74,6 +74,7 @@ import Testing
             #"keepstate_sync_queue_depth{vrf="blue",peer="b.example",connection="0"} 3.0"#,
             #"keepstate_sync_received_total{vrf="blue",peer="b.example"} 9"#,
             #"keepstate_sync_store_entries{vrf="blue",peer="b.example"} 7.0"#,
+            #"keepstate_dataplane_error{vrf="blue"} 0.0"#,
             #"keepstate_config_drift{vrf="blue",kind="ruleset"} 1.0"#,
             #"keepstate_config_drift{vrf="blue",kind="none"} 0.0"#,
         ] {

@@ -271,19 +271,19 @@ import Testing
         let remote = [
             SyncSettingPair(key: "d", value: "5"), SyncSettingPair(key: "b", value: "2"), SyncSettingPair(key: "c", value: "4"),
         ]
-        #expect(SettingsDrift.differences(local: local, remote: remote) == [
+        #expect(SettingsDrift.differences(local: local, remote: remote, peerVersion: SyncWire.version) == [
             "a: here 1, peer absent",
             "c: here 3, peer 4",
             "d: here absent, peer 5",
         ])
-        #expect(SettingsDrift.differences(local: remote, remote: local) == [
+        #expect(SettingsDrift.differences(local: remote, remote: local, peerVersion: SyncWire.version) == [
             "a: here absent, peer 1",
             "c: here 4, peer 3",
             "d: here 5, peer absent",
         ])
-        #expect(SettingsDrift.differences(local: local, remote: local.reversed()).isEmpty)
-        #expect(SettingsDrift.differences(local: [], remote: []).isEmpty)
-        #expect(SettingsDrift.differences(local: [SyncSettingPair(key: "x", value: "")], remote: [])
+        #expect(SettingsDrift.differences(local: local, remote: local.reversed(), peerVersion: SyncWire.version).isEmpty)
+        #expect(SettingsDrift.differences(local: [], remote: [], peerVersion: SyncWire.version).isEmpty)
+        #expect(SettingsDrift.differences(local: [SyncSettingPair(key: "x", value: "")], remote: [], peerVersion: SyncWire.version)
             == ["x: here , peer absent"])
     }
 }
