@@ -102,6 +102,16 @@ int ks_ct_set_receive_buffer(struct nfct_handle *h, int bytes) {
     return setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
 }
 
+int ks_ct_set_event_groups(struct nfct_handle *h, int creations_and_updates) {
+    int fd = nfct_fd(h);
+    int opt = creations_and_updates ? NETLINK_ADD_MEMBERSHIP : NETLINK_DROP_MEMBERSHIP;
+    unsigned groups[] = { NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE };
+    for (int i = 0; i < 2; i++) {
+        if (setsockopt(fd, SOL_NETLINK, opt, &groups[i], sizeof groups[i]) != 0) return -1;
+    }
+    return 0;
+}
+
 int ks_ct_set_nonblocking(struct nfct_handle *h) {
     int fd = nfct_fd(h);
     int fl = fcntl(fd, F_GETFL);

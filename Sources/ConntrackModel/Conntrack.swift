@@ -145,6 +145,14 @@ public struct ConntrackKey: Sendable, Hashable {
         return h
     }
 
+    /// Sets and dictionaries of keys hash the stable hash (one word) instead of each field:
+    /// the master's policy does several such lookups per kernel event. Equal keys have equal
+    /// stable hashes, and `Hasher` still seeds the result per process.
+    @inlinable
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(stableHash)
+    }
+
     /// Which of `count` sync connections carries this conntrack.
     @inlinable
     public func share(of count: Int) -> Int {

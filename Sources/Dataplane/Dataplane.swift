@@ -65,6 +65,19 @@ public protocol Dataplane: AnyObject, Sendable {
     /// Stops what the dataplane runs on its own (a kernel table's event thread); it is not
     /// used afterwards.
     func stop()
+
+    /// Which of the table's changes the dataplane follows as they happen (`.all` at first).
+    func setEventScope(_ scope: DataplaneEventScope)
+}
+
+/// What a dataplane follows of its table's changes as they happen.
+public enum DataplaneEventScope: Sendable, Equatable {
+    /// Creations, updates and deletions: a master, whose changes go to the peer.
+    case all
+    /// Deletions only: a backup that holds its peer's conntracks. Its own writes are what
+    /// creates and updates its entries (and they update the mirror directly); following their
+    /// echoes would cost as much again. Other changes are found by the periodic reconciliation.
+    case deletions
 }
 
 extension Dataplane {
@@ -72,6 +85,7 @@ extension Dataplane {
     public var tableLost: Bool { false }
     public func onProblemChange(_ handler: @escaping @Sendable (String?) -> Void) {}
     public func stop() {}
+    public func setEventScope(_ scope: DataplaneEventScope) {}
 
     /// A fallback for dataplanes without a way to read single entries: a dump, filtered. The
     /// kernel and memory dataplanes read just the keys.

@@ -31,6 +31,7 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         var reportedProblem: String?
         var problemHandler: (@Sendable (String?) -> Void)?
         var eventsSeen = 0
+        var eventScope = DataplaneEventScope.all
     }
 
     private let state = Mutex(State())
@@ -96,6 +97,29 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         stopped.store(true, ordering: .relaxed)
     }
 
+    /// A backup (`.deletions`) leaves the kernel's creation and update event groups: the kernel
+    /// then builds no event for the holder's writes (in this namespace nobody else listens), and
+    /// this thread reads none. The mirror takes those writes directly (`write`). What else
+    /// changes meanwhile (a conntrack of the backup's own traffic, a state change by a packet
+    /// crossing it) shows at the next reconciliation; deletions are followed all along.
+    public func setEventScope(_ scope: DataplaneEventScope) {
+        let changed = state.withLock { s in
+            defer { s.eventScope = scope }
+            return s.eventScope != scope
+        }
+        guard changed else { return }
+        do {
+            try events.setCreationAndUpdateEvents(scope == .all)
+        } catch {
+            state.withLock { s in
+                s.eventScope = .all
+                s.lastError = "\(error)"
+            }
+        }
+    }
+
+    public var eventScope: DataplaneEventScope { state.withLock { $0.eventScope } }
+
     /// Whether a conntrack enters the mirror: established (TCP ESTABLISHED, others seen both
     /// ways) and not excluded (`isSyncExcluded`; `SyncRules.isEligible` is the same rule).
     public static func qualifies(_ c: Conntrack) -> Bool {
@@ -103,6 +127,8 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
     }
 
     public var count: Int { state.withLock { $0.mirror.count } }
+    /// Kernel events read so far.
+    public var eventsSeen: Int { state.withLock { $0.eventsSeen } }
     /// How many event overruns were recovered by a dump.
     public var overruns: Int { state.withLock { $0.overruns } }
     /// How many dumps were compared with the mirror (overruns and periodic ones).

@@ -73,6 +73,15 @@ public final class ConntrackNetlink: @unchecked Sendable {
 
     public var fileDescriptor: Int32 { ks_ct_fd(handle) }
 
+    /// An event socket: with `false`, only destroy events arrive (creation and update events are
+    /// no longer built by the kernel for this namespace unless another socket listens to them);
+    /// with `true`, all three again.
+    public func setCreationAndUpdateEvents(_ on: Bool) throws(NetfilterError) {
+        guard ks_ct_set_event_groups(handle, on ? 1 : 0) == 0 else {
+            throw NetfilterError(operation: on ? "join conntrack event groups" : "leave conntrack event groups", errno: Glibc.errno)
+        }
+    }
+
     /// Raises the receive buffer (events are lost under load with the default size).
     public func setReceiveBuffer(bytes: Int) throws(NetfilterError) {
         guard ks_ct_set_receive_buffer(handle, Int32(clamping: bytes)) == 0 else {

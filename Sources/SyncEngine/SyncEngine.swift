@@ -211,6 +211,7 @@ public final class SyncEngine: Sendable {
     @discardableResult
     public func startListening() async throws -> Int {
         let endpoint = ReceiverEndpoint(settings: settings, store: store, monitor: monitor, logger: logger)
+        applyEventScope(role)
         let listener = try await SyncListener.start(endpoint: endpoint, tls: tls, group: group)
         state.withLock { $0.listener = listener }
         logger.info("sync listener up", metadata: ["address": "\(settings.source)", "port": "\(listener.port)"])
@@ -234,11 +235,18 @@ public final class SyncEngine: Sendable {
 
     /// Master: send the table (each connection resyncs its share, then streams updates).
     /// Backup: stop sending; keep receiving.
+    /// A holding backup's own writes make the creations and updates of its table: it follows
+    /// deletions only. A master follows everything again before its policy reads the mirror.
+    private func applyEventScope(_ role: SyncRole) {
+        if holder != nil { dataplane.setEventScope(role == .master ? .all : .deletions) }
+    }
+
     public func setRole(_ role: SyncRole) {
         let old = state.withLock { s in
             defer { s.role = role }
             return s.role
         }
+        applyEventScope(role)
         guard old != role else { return }
         holder?.setHolding(role == .backup)
         logger.notice("sync role changed", metadata: ["from": "\(old.rawValue)", "to": "\(role.rawValue)"])
@@ -355,6 +363,8 @@ public final class SyncEngine: Sendable {
         }
         await listener?.close()
         holder?.stop()
+        // What follows (a new engine after a reload, or none) starts from the full scope.
+        dataplane.setEventScope(.all)
     }
 }
 

@@ -129,6 +129,40 @@ struct KernelSyncTests {
         #expect(await eventually(5) { dp.count == 0 && deleted.withLock { $0 } == 1 })
     }
 
+    @Test("a holding backup reads no events for its own writes and still follows deletions; as master it follows creations again")
+    func backupFollowsDeletionsOnly() async throws {
+        let ns1 = try TestNamespace("scopem")
+        let ns2 = try TestNamespace("scopeb")
+        let dp1 = try KernelDataplane(vrf: "main", netnsPath: ns1.path, reconcileInterval: 0)
+        let dp2 = try KernelDataplane(vrf: "main", netnsPath: ns2.path, reconcileInterval: 0)
+        let writer = try KernelDataplane(vrf: "main", netnsPath: ns1.path, reconcileInterval: 0)
+        defer { dp1.stop(); dp2.stop(); writer.stop() }
+        let pair = try await Pair.make(connections: 2, logLevel: .critical, dataplane1: dp1, dataplane2: dp2)
+        pair.e1.setRole(.master)
+        pair.startSending()
+        #expect(dp2.eventScope == .deletions)
+        let entries = (0..<UInt64(1000)).map { TrafficGenerator.conntrack(number: $0) }
+        try writer.apply(entries.map { .upsert($0) })
+        #expect(await eventually(20) { pair.e2.store.count == 1000 })
+        await pair.e2.holderIdle()
+        // The 1,000 held writes are in the backup's mirror without one event read for them.
+        #expect(dp2.count == 1000)
+        #expect(try ConntrackNetlink(netnsPath: ns2.path).dump().count == 1000)
+        #expect(dp2.eventsSeen == 0, "\(dp2.eventsSeen) events")
+        // A deletion by someone else is followed at once.
+        let gone = entries[3]
+        try conntrack(ns2, ["-D", "-p", "tcp", "-s", gone.original.source.formatted(.ipv4), "-d", gone.original.destination.formatted(.ipv4),
+                            "--sport", "\(gone.original.sourcePort)", "--dport", "\(gone.original.destinationPort)"])
+        #expect(await eventually(5) { dp2.count == 999 })
+        // Master: creations are followed again.
+        pair.e2.setRole(.master)
+        #expect(dp2.eventScope == .all)
+        try conntrack(ns2, ["-I", "-p", "tcp", "-s", "10.9.0.1", "-d", "10.9.0.2", "--sport", "40000", "--dport", "443",
+                            "--state", "ESTABLISHED", "-t", "3000", "-u", "SEEN_REPLY,ASSURED"])
+        #expect(await eventually(5) { dp2.count == 1000 })
+        await pair.shutdown()
+    }
+
     @Test("a restarted backup adopts what its kernel table holds, and the master's resync removes what went meanwhile")
     func backupRestart() async throws {
         let ns1 = try TestNamespace("rmaster")

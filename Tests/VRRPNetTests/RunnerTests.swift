@@ -122,9 +122,11 @@ import VRRPNet
         // after the priority was lowered: the queued add, advert and ARP are skipped, the demotion
         // and the removal are performed, in order.
         // The hook is held until the demotion is in (a fixed delay was seen to end first under
-        // a loaded `make test`, leaving nothing stale).
+        // a loaded `make test`, leaving nothing stale), and the adverts are 40 s apart: the one
+        // injected advert keeps this node backup for two minutes (with 1 s, a test that took 20 s
+        // under `make test` saw it master again, legitimately, before the gate opened).
         let gate = Gate()
-        let f = Fixture(priority: 255, hookGate: gate, intervalCs: 100)
+        let f = Fixture(priority: 255, hookGate: gate, intervalCs: 4000)
         await f.runner.start()
         await f.runner.setPriority(100)
         f.transport.inject(f.advert(priority: 200))

@@ -56,6 +56,10 @@ int ks_ct_dump(struct nfct_handle *h, uint8_t family, ks_ct_sink sink, void *con
 /// number of events delivered, or -1 with errno (ENOBUFS: the kernel dropped events).
 int ks_ct_read_events(struct nfct_handle *h, ks_ct_sink sink, void *context);
 int ks_ct_set_nonblocking(struct nfct_handle *h);
+/// Joins (nonzero) or leaves (0) the creation and update event groups of an event socket; its
+/// destroy events stay. A namespace where no socket listens to a group has the kernel skip
+/// building those events. Returns 0, or -1 with errno.
+int ks_ct_set_event_groups(struct nfct_handle *h, int creations_and_updates);
 
 /// Reads the conntracks whose original tuples (and zones) `keys` name, with batched
 /// IPCTNL_MSG_CT_GET requests (up to 128 in flight), without dumping the table. Found ones go
