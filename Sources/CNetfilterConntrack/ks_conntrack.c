@@ -190,6 +190,11 @@ static int collect(enum nf_conntrack_msg_type type, struct nf_conntrack *ct, voi
 }
 
 int ks_ct_dump(struct nfct_handle *h, uint8_t family, ks_ct_sink sink, void *context) {
+    static _Atomic uint32_t next_seq = 0x40000000;
+    return ks_ct_dump_fd(nfct_fd(h), family, next_seq++, sink, context);
+}
+
+int ks_ct_dump_library(struct nfct_handle *h, uint8_t family, ks_ct_sink sink, void *context) {
     struct collector *c = calloc(1, sizeof *c);
     if (!c) return -1;
     c->sink = sink;
@@ -206,6 +211,10 @@ int ks_ct_dump(struct nfct_handle *h, uint8_t family, ks_ct_sink sink, void *con
 }
 
 int ks_ct_read_events(struct nfct_handle *h, ks_ct_sink sink, void *context) {
+    return ks_ct_read_events_fd(nfct_fd(h), sink, context);
+}
+
+int ks_ct_read_events_library(struct nfct_handle *h, ks_ct_sink sink, void *context) {
     struct collector *c = calloc(1, sizeof *c);
     if (!c) return -1;
     c->sink = sink;

@@ -97,9 +97,9 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         stopped.store(true, ordering: .relaxed)
     }
 
-    /// A backup (`.deletions`) leaves the kernel's creation and update event groups: the kernel
-    /// then builds no event for the holder's writes (in this namespace nobody else listens), and
-    /// this thread reads none. The mirror takes those writes directly (`write`). What else
+    /// A backup (`.deletions`) leaves the kernel's creation and update event groups: this thread
+    /// reads no echo of the holder's writes (and the kernel builds none when no other socket of
+    /// the host listens to those groups; its listener list is one for all namespaces). The mirror takes those writes directly (`write`). What else
     /// changes meanwhile (a conntrack of the backup's own traffic, a state change by a packet
     /// crossing it) shows at the next reconciliation; deletions are followed all along.
     public func setEventScope(_ scope: DataplaneEventScope) {

@@ -73,9 +73,9 @@ public final class ConntrackNetlink: @unchecked Sendable {
 
     public var fileDescriptor: Int32 { ks_ct_fd(handle) }
 
-    /// An event socket: with `false`, only destroy events arrive (creation and update events are
-    /// no longer built by the kernel for this namespace unless another socket listens to them);
-    /// with `true`, all three again.
+    /// An event socket: with `false`, only destroy events arrive; with `true`, all three again.
+    /// (The kernel still builds creation and update events while any socket of the host, in any
+    /// namespace, listens to them; this socket no longer reads them.)
     public func setCreationAndUpdateEvents(_ on: Bool) throws(NetfilterError) {
         guard ks_ct_set_event_groups(handle, on ? 1 : 0) == 0 else {
             throw NetfilterError(operation: on ? "join conntrack event groups" : "leave conntrack event groups", errno: Glibc.errno)
@@ -121,20 +121,25 @@ public final class ConntrackNetlink: @unchecked Sendable {
 
     /// The TCP conntracks whose window tracking is liberal in both directions (a diagnostic:
     /// every held or committed TCP entry must be).
-    public func beLiberalKeys() throws(NetfilterError) -> Set<ConntrackKey> {
+    /// `throughLibrary`: read with libnetfilter_conntrack's own reader instead of the direct
+    /// one (a reference for tests).
+    public func beLiberalKeys(throughLibrary: Bool = false) throws(NetfilterError) -> Set<ConntrackKey> {
         let collector = Collector(.liberal)
         let r = withExtendedLifetime(collector) {
-            ks_ct_dump(handle, 0, Self.sink, Unmanaged.passUnretained(collector).toOpaque())
+            (throughLibrary ? ks_ct_dump_library : ks_ct_dump)(handle, 0, Self.sink, Unmanaged.passUnretained(collector).toOpaque())
         }
         guard r == 0 else { throw NetfilterError(operation: "dump", errno: Glibc.errno) }
         return collector.liberal
     }
 
-    /// Every conntrack of the table (of one family, or both).
-    public func dump(family: AddressFamily? = nil) throws(NetfilterError) -> [Conntrack] {
+    /// Every conntrack of the table (of one family, or both). The messages are parsed directly
+    /// (`ks_parse.c`); `throughLibrary` reads them with libnetfilter_conntrack's reader instead
+    /// (the reference the tests compare with).
+    public func dump(family: AddressFamily? = nil, throughLibrary: Bool = false) throws(NetfilterError) -> [Conntrack] {
         let collector = Collector(.conntracks)
         let r = withExtendedLifetime(collector) {
-            ks_ct_dump(handle, family?.rawValue ?? 0, Self.sink, Unmanaged.passUnretained(collector).toOpaque())
+            (throughLibrary ? ks_ct_dump_library : ks_ct_dump)(handle, family?.rawValue ?? 0, Self.sink,
+                                                                Unmanaged.passUnretained(collector).toOpaque())
         }
         guard r == 0 else { throw NetfilterError(operation: "dump", errno: Glibc.errno) }
         return collector.conntracks
@@ -165,11 +170,14 @@ public final class ConntrackNetlink: @unchecked Sendable {
         return (collector.conntracks, keys.indices.filter { errors[$0] == ENOENT }.map { keys[$0] })
     }
 
-    /// Reads the events waiting on a non-blocking event socket.
-    public func readEvents() throws(NetfilterError) -> [ConntrackEvent] {
+    /// Reads the events waiting on a non-blocking event socket (up to 1,024 datagrams a call,
+    /// with recvmmsg, parsed directly); `throughLibrary`: with libnetfilter_conntrack's reader,
+    /// one datagram a system call (the tests' reference).
+    public func readEvents(throughLibrary: Bool = false) throws(NetfilterError) -> [ConntrackEvent] {
         let collector = Collector(.events)
         let r = withExtendedLifetime(collector) {
-            ks_ct_read_events(handle, Self.sink, Unmanaged.passUnretained(collector).toOpaque())
+            (throughLibrary ? ks_ct_read_events_library : ks_ct_read_events)(handle, Self.sink,
+                                                                              Unmanaged.passUnretained(collector).toOpaque())
         }
         guard r >= 0 else { throw NetfilterError(operation: "read events", errno: Glibc.errno) }
         return collector.events

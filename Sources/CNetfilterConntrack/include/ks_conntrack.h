@@ -50,15 +50,26 @@ int ks_ct_fd(struct nfct_handle *h);
 /// Sets the socket receive buffer (SO_RCVBUFFORCE, falling back to SO_RCVBUF).
 int ks_ct_set_receive_buffer(struct nfct_handle *h, int bytes);
 
-/// Dumps the table (family 0 = both). Returns 0, or -1 with errno.
+/// Dumps the table (family 0 = both), parsing the messages directly (ks_parse.c). Returns 0,
+/// or -1 with errno.
 int ks_ct_dump(struct nfct_handle *h, uint8_t family, ks_ct_sink sink, void *context);
-/// Reads events until the socket would block (the socket is non-blocking) or fails. Returns the
-/// number of events delivered, or -1 with errno (ENOBUFS: the kernel dropped events).
+/// The same through libnetfilter_conntrack's reader: the reference the tests compare with.
+int ks_ct_dump_library(struct nfct_handle *h, uint8_t family, ks_ct_sink sink, void *context);
+/// Reads events (recvmmsg, parsed directly) until the socket would block (it is non-blocking),
+/// fails, or 1,024 datagrams were read. Returns the number of events delivered, or -1 with
+/// errno (ENOBUFS: the kernel dropped events, or one was cut short).
 int ks_ct_read_events(struct nfct_handle *h, ks_ct_sink sink, void *context);
+/// The same through libnetfilter_conntrack's reader (nfct_catch): the tests' reference.
+int ks_ct_read_events_library(struct nfct_handle *h, ks_ct_sink sink, void *context);
+/// The fd-level readers behind ks_ct_dump and ks_ct_read_events (ks_parse.c). `seq` tags the
+/// dump request; replies of other sequences are skipped.
+int ks_ct_dump_fd(int fd, uint8_t family, uint32_t seq, ks_ct_sink sink, void *context);
+int ks_ct_read_events_fd(int fd, ks_ct_sink sink, void *context);
 int ks_ct_set_nonblocking(struct nfct_handle *h);
 /// Joins (nonzero) or leaves (0) the creation and update event groups of an event socket; its
-/// destroy events stay. A namespace where no socket listens to a group has the kernel skip
-/// building those events. Returns 0, or -1 with errno.
+/// destroy events stay. (The kernel skips building an event only when no socket of the whole
+/// host listens to its group: another namespace's listener keeps it building them.) Returns 0,
+/// or -1 with errno.
 int ks_ct_set_event_groups(struct nfct_handle *h, int creations_and_updates);
 
 /// Reads the conntracks whose original tuples (and zones) `keys` name, with batched
