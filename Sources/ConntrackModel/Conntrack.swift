@@ -11,6 +11,20 @@ public struct IPProtocolNumber: RawRepresentable, Sendable, Hashable, CustomStri
     public static let sctp = IPProtocolNumber(rawValue: 132)
     public static let udplite = IPProtocolNumber(rawValue: 136)
 
+    /// The protocol a name (`tcp`, `udp`, `icmp`, `icmpv6`, `gre`, `sctp`, `udplite`, as
+    /// `description` gives them) or a number 0-255 stands for; nil otherwise.
+    public init?(name: String) {
+        let lower = name.lowercased()
+        if let n = UInt8(lower) {
+            self.init(rawValue: n)
+            return
+        }
+        guard let known = [Self.icmp, .tcp, .udp, .gre, .icmpv6, .sctp, .udplite].first(where: { $0.description == lower }) else {
+            return nil
+        }
+        self = known
+    }
+
     /// Whether the tuple's two 16-bit fields are ports (TCP, UDP, SCTP, UDP-Lite).
     public var hasPorts: Bool { self == .tcp || self == .udp || self == .sctp || self == .udplite }
     /// Whether the tuple's two 16-bit fields are ICMP id and type/code.

@@ -35,11 +35,13 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     public var limit: Int?
     /// `show-vrrp`: only this `vrrp_instance` (and the sync group it is in).
     public var instance: String?
+    /// `show-conntracks`: only conntracks of this protocol (a name such as `tcp`, or a number).
+    public var proto: String?
 
     public static let defaultUnsyncedLimit = 100
 
     public init(command: ControlCommand, vrf: String? = nil, group: String? = nil, state: String? = nil,
-                unsynced: Bool? = nil, limit: Int? = nil, instance: String? = nil) {
+                unsynced: Bool? = nil, limit: Int? = nil, instance: String? = nil, proto: String? = nil) {
         self.version = ControlProtocol.version
         self.command = command
         self.vrf = vrf
@@ -48,6 +50,7 @@ public struct ControlRequest: Codable, Sendable, Equatable {
         self.unsynced = unsynced
         self.limit = limit
         self.instance = instance
+        self.proto = proto
     }
 }
 

@@ -21,6 +21,10 @@ final class ControlServer: Sendable {
                       handler: @escaping Handler) async throws -> ControlServer {
         let dir = (path as NSString).deletingLastPathComponent
         if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+        // Bound under a umask that leaves the socket owner-only from its first instant (the mode
+        // is then set below); the umask is the process's, and goes back right after.
+        let previousMask = umask(0o077)
+        defer { umask(previousMask) }
         let channel = try await ServerBootstrap(group: eventLoops)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { channel in
@@ -39,10 +43,18 @@ final class ControlServer: Sendable {
                 try? await channel.close()
                 throw ControlSocketError(description: "control socket group \(group) does not exist")
             }
-            chown(path, 0, gr.pointee.gr_gid)
+            if chown(path, 0, gr.pointee.gr_gid) != 0 {
+                let reason = String(cString: strerror(errno))
+                try? await channel.close()
+                throw ControlSocketError(description: "cannot give the control socket \(path) to group \(group): \(reason)")
+            }
             mode = 0o660
         }
-        chmod(path, mode)
+        if chmod(path, mode) != 0 {
+            let reason = String(cString: strerror(errno))
+            try? await channel.close()
+            throw ControlSocketError(description: "cannot set the mode of the control socket \(path): \(reason)")
+        }
         return ControlServer(channel: channel, path: path)
     }
 

@@ -54,7 +54,18 @@ public final class DaemonMetrics: Sendable {
     }
 
     /// Records one sample: the three `show` replies.
-    func record(state: StateReport, peers: [SyncStatistics], conntracks: [ConntrackCounts]) {
+    func record(state: StateReport, peers: [SyncStatistics], conntracks: [ConntrackCounts], vrrp: VRRPReport = VRRPReport()) {
+        for i in vrrp.instances {
+            let d = [("instance", i.name)]
+            counter("keepstate_vrrp_transitions_total", d, UInt64(max(0, i.transitions)))
+            gauge("keepstate_vrrp_effective_priority", d, i.effectivePriority)
+            counter("keepstate_vrrp_adverts_sent_total", d, UInt64(max(0, i.statistics.advertsSent)))
+            counter("keepstate_vrrp_adverts_received_total", d, UInt64(max(0, i.statistics.advertsReceived)))
+            counter("keepstate_vrrp_became_master_total", d, UInt64(max(0, i.statistics.becameMaster)))
+            for (reason, n) in i.statistics.drops {
+                counter("keepstate_vrrp_dropped_total", d + [("reason", reason)], UInt64(max(0, n)))
+            }
+        }
         for g in state.groups {
             let d = [("group", g.name)]
             gauge("keepstate_group_master", d, g.state == HAState.master.rawValue ? 1 : 0)
@@ -136,6 +147,7 @@ extension KeepstateDaemon {
         let state = await handle(ControlRequest(command: .showState)).state
         let peers = await handle(ControlRequest(command: .showPeer)).peers ?? []
         let counts = await handle(ControlRequest(command: .showConntracks)).conntracks ?? []
-        if let state { metrics.record(state: state, peers: peers, conntracks: counts) }
+        let vrrp = await handle(ControlRequest(command: .showVRRP)).vrrp ?? VRRPReport()
+        if let state { metrics.record(state: state, peers: peers, conntracks: counts, vrrp: vrrp) }
     }
 }

@@ -1,3 +1,4 @@
+import ConntrackModel
 import Config
 import Dataplane
 import Foundation
@@ -230,10 +231,17 @@ public actor KeepstateDaemon {
             if let v = request.vrf, vrfs[v] == nil { return .failure(unknownVRF(v)) }
             if let limit = request.limit, limit < 0 { return .failure("limit must be 0 or more (got \(limit))") }
             let unsyncedLimit = request.unsynced == true ? request.limit ?? ControlRequest.defaultUnsyncedLimit : nil
+            var proto: IPProtocolNumber?
+            if let name = request.proto {
+                guard let p = IPProtocolNumber(name: name) else {
+                    return .failure("unknown protocol \(name): give tcp, udp, icmp, icmpv6, gre, sctp, udplite or a number 0-255")
+                }
+                proto = p
+            }
             var reply = ControlReply(ok: true)
             var counts: [ConntrackCounts] = []
             for name in vrfs.keys.sorted() where request.vrf == nil || request.vrf == name {
-                if let runtime = vrfs[name] { counts.append(await runtime.counts(unsynced: unsyncedLimit)) }
+                if let runtime = vrfs[name] { counts.append(await runtime.counts(unsynced: unsyncedLimit, proto: proto)) }
             }
             reply.conntracks = counts
             return reply
@@ -290,9 +298,26 @@ public actor KeepstateDaemon {
         let new: KeepstateConfig
         do {
             new = try ConfigLoader.load(path: options.configPath)
+            try new.validateFiles()
         } catch {
             logger.error("reload refused; the running configuration stays", metadata: ["error": "\(error)"])
             return .failure("reload refused, the running configuration stays:\n\(error)")
+        }
+        // The TLS files as `check-config` reads them (certificate, key, CA; the key matches the
+        // certificate): a VRF whose new files fail would otherwise stop syncing after an `ok`.
+        var tlsProblems: [String] = []
+        for vrf in new.vrfs {
+            guard let tls = vrf.sync?.tls else { continue }
+            do {
+                _ = try TLSMaterial(caPath: tls.ca, certificatePath: tls.certificate, keyPath: tls.key)
+            } catch {
+                tlsProblems.append("\(tls.certificateLocation): error: \(error)")
+            }
+        }
+        if !tlsProblems.isEmpty {
+            let text = tlsProblems.joined(separator: "\n")
+            logger.error("reload refused; the running configuration stays", metadata: ["error": "\(text)"])
+            return .failure("reload refused, the running configuration stays:\n\(text)")
         }
         let old = config
         if Self.vrrpSettings(old) != Self.vrrpSettings(new) {

@@ -1,3 +1,4 @@
+import ConntrackModel
 public import Config
 public import Dataplane
 import Logging
@@ -92,15 +93,18 @@ final class VRFRuntime {
     /// dataplane and what it holds stay: a new engine adopts the held entries and the peer
     /// resyncs them.
     nonisolated(nonsending) func startSync(routerID: String, role: SyncRole) async throws {
+        // The TLS files first: if they fail, the running engine keeps running.
+        let sync = config.sync
+        let settings = SyncSettings(vrf: config, routerID: routerID)
+        let tls = try sync.map { try TLSMaterial(caPath: $0.tls.ca, certificatePath: $0.tls.certificate, keyPath: $0.tls.key) }
         if let engine {
             await engine.shutdown()
             self.engine = nil
         }
-        guard let sync = config.sync, let settings = SyncSettings(vrf: config, routerID: routerID) else {
+        guard let sync, let settings, let tls else {
             updateRulesetWatcher(engine: nil)
             return
         }
-        let tls = try TLSMaterial(caPath: sync.tls.ca, certificatePath: sync.tls.certificate, keyPath: sync.tls.key)
         let engine = SyncEngine(settings: settings, tls: tls, dataplane: dataplane, group: group, logger: logger,
                                 policy: PolicySettings(vrf: config))
         // Before the listener and the connections: the first hellos carry the last fingerprint.
@@ -227,9 +231,9 @@ final class VRFRuntime {
     }
 
     /// `show conntracks`; with `unsynced`, also the conntracks not synced (a dump of the table).
-    nonisolated(nonsending) func counts(unsynced limit: Int?) async -> ConntrackCounts {
+    nonisolated(nonsending) func counts(unsynced limit: Int?, proto: IPProtocolNumber? = nil) async -> ConntrackCounts {
         var synced: [String: [String: Int]] = [:]
-        for c in engine?.syncedConntracks() ?? dataplane.snapshot(share: 0, of: 1) {
+        for c in engine?.syncedConntracks() ?? dataplane.snapshot(share: 0, of: 1) where proto == nil || c.proto == proto {
             let state = c.proto == .tcp ? "\(c.tcpState)" : "-"
             synced["\(c.proto)", default: [:]][state, default: 0] += 1
         }
@@ -237,7 +241,7 @@ final class VRFRuntime {
         if role == .master { out.pending = engine?.policyStatistics.candidates }
         if let limit {
             if let engine {
-                out.unsynced = await engine.unsynced(limit: limit)
+                out.unsynced = await engine.unsynced(limit: limit, proto: proto)
             } else {
                 out.unsynced = UnsyncedListing(role: role.rawValue, note: "this VRF does not sync")
             }

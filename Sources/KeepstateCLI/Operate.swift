@@ -1,3 +1,4 @@
+import ConntrackModel
 import ArgumentParser
 import Config
 public import Daemon
@@ -218,9 +219,11 @@ struct ShowConntracks: ParsableCommand {
             Example:
               keepstate show conntracks --vrf main
               keepstate show conntracks --vrf main --unsynced --limit 20
+              keepstate show conntracks --proto udp --unsynced
             """)
     @OptionGroup var socket: SocketOptions
     @Option(help: "Only this VRF.") var vrf: String?
+    @Option(help: "Only this protocol: tcp, udp, icmp, icmpv6, gre, sctp, udplite, or a number 0-255.") var proto: String?
     @Flag(help: "Also list the conntracks that are not synced, with the reason.") var unsynced = false
     @Option(help: "With --unsynced: list at most this many per VRF (the counts cover all).")
     var limit = ControlRequest.defaultUnsyncedLimit
@@ -228,10 +231,14 @@ struct ShowConntracks: ParsableCommand {
 
     func validate() throws {
         if limit < 0 { throw ValidationError("--limit must be 0 or more") }
+        if let proto, IPProtocolNumber(name: proto) == nil {
+            throw ValidationError("--proto \(proto) is not a protocol: give tcp, udp, icmp, icmpv6, gre, sctp, udplite or a number 0-255")
+        }
     }
 
     func run() throws {
-        let request = ControlRequest(command: .showConntracks, vrf: vrf, unsynced: unsynced ? true : nil, limit: unsynced ? limit : nil)
+        let request = ControlRequest(command: .showConntracks, vrf: vrf, unsynced: unsynced ? true : nil, limit: unsynced ? limit : nil,
+                                     proto: proto)
         try finish(try socket.send(request), for: .showConntracks, json: json)
     }
 }

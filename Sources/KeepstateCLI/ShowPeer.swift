@@ -18,6 +18,7 @@ public enum ShowPeer {
             out += "                queue-depth \(c.queueDepth)\n"
             out += "                queue-overflows \(c.queueOverflows)\n"
             out += "                resyncs \(c.resyncs)\n"
+            out += "                connects \(c.connects)\n"
             if let d = c.lastResyncDuration {
                 out += "                last-resync \(c.lastResyncRecords ?? 0) records in \(String(format: "%.3f", d)) s\n"
             }

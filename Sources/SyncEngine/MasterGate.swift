@@ -39,7 +39,7 @@ final class MasterGate: @unchecked Sendable {
         case changes([ConntrackUpdate])
         case role(master: Bool)
         case forcedSync(@Sendable (ForcedSyncReport) -> Void)
-        case unsynced(limit: Int, @Sendable (UnsyncedListing) -> Void)
+        case unsynced(limit: Int, proto: IPProtocolNumber?, @Sendable (UnsyncedListing) -> Void)
     }
 
     private struct PolicyState {
@@ -128,7 +128,9 @@ final class MasterGate: @unchecked Sendable {
 
     func forcedSync(_ done: @escaping @Sendable (ForcedSyncReport) -> Void) { enqueue(.forcedSync(done)) }
 
-    func unsynced(limit: Int, _ done: @escaping @Sendable (UnsyncedListing) -> Void) { enqueue(.unsynced(limit: limit, done)) }
+    func unsynced(limit: Int, proto: IPProtocolNumber?, _ done: @escaping @Sendable (UnsyncedListing) -> Void) {
+        enqueue(.unsynced(limit: limit, proto: proto, done))
+    }
 
     /// Whether no job waits or runs (probes may still be scheduled).
     var isIdle: Bool {
@@ -174,7 +176,7 @@ final class MasterGate: @unchecked Sendable {
     private static func abandon(_ job: Job) {
         switch job {
         case .forcedSync(let done): done(ForcedSyncReport(error: "the sync engine stopped"))
-        case .unsynced(_, let done): done(UnsyncedListing(role: "backup", note: "the sync engine stopped"))
+        case .unsynced(_, _, let done): done(UnsyncedListing(role: "backup", note: "the sync engine stopped"))
         case .changes, .role: break
         }
     }
@@ -228,7 +230,7 @@ final class MasterGate: @unchecked Sendable {
         case .changes(let updates): changes(updates)
         case .role(let master): role(master: master)
         case .forcedSync(let done): runForcedSync(done)
-        case .unsynced(let limit, let done): done(unsynced(limit: limit))
+        case .unsynced(let limit, let proto, let done): done(unsynced(limit: limit, proto: proto))
         }
     }
 
@@ -276,7 +278,12 @@ final class MasterGate: @unchecked Sendable {
         if master {
             if let settings {
                 // Adopt what this node held for its peer (synced by the former master), then
-                // judge the rest of the table as new: its delays count from now.
+                // judge the rest of the table as new: its delays count from now. With a large
+                // table this is seconds of CPU right after a takeover, when the flows'
+                // retransmissions (and the hosts that answer them) need it: nothing waits for it
+                // (the peer is gone or resyncs later), so it runs at nice 19, as the re-arm does.
+                let lowered = ThreadPriority.lower()
+                defer { if let lowered { _ = ThreadPriority.restore(lowered) } }
                 let mirror = dataplane.snapshot(share: 0, of: 1)
                 let present = Set(mirror.map(\.key))
                 let held = heldKeys().filter { present.contains($0) }
@@ -418,13 +425,13 @@ final class MasterGate: @unchecked Sendable {
     }
 
     /// Rule 7: every conntrack of the table that is not synced, and why.
-    private func unsynced(limit: Int) -> UnsyncedListing {
+    private func unsynced(limit: Int, proto: IPProtocolNumber?) -> UnsyncedListing {
         guard state.withLock({ $0.master }) else {
             return UnsyncedListing(role: "backup", note: "this node is backup for the VRF and sends nothing; ask the master")
         }
         let table: [Conntrack]
         do {
-            table = try dataplane.dump()
+            table = try dataplane.dump().filter { proto == nil || $0.proto == proto }
         } catch {
             return UnsyncedListing(role: "master", note: "dump failed: \(error)")
         }

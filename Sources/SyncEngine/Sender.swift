@@ -381,7 +381,7 @@ final class ShareConnection: @unchecked Sendable {
                 break loop
             case .beginResync(let generation):
                 stats.resyncs += 1
-                logger.info("resyncing this share", metadata: ["generation": "\(generation)"])
+                logger.debug("resyncing this share", metadata: ["generation": "\(generation)"])
                 write(.resyncBegin(generation: generation), channel: channel)
             case .resyncRecords(let records):
                 writeUpdates(records.lazy.map { OutgoingUpdate(.upsert($0)) }, count: records.count, now: now, channel: channel)

@@ -249,7 +249,7 @@ public final class SyncEngine: Sendable {
         applyEventScope(role)
         guard old != role else { return }
         holder?.setHolding(role == .backup)
-        logger.notice("sync role changed", metadata: ["from": "\(old.rawValue)", "to": "\(role.rawValue)"])
+        logger.debug("sync role changed", metadata: ["from": "\(old.rawValue)", "to": "\(role.rawValue)"])
         // The policy takes the role first (adopting what this node held), then the connections:
         // role changes run in order on the policy's thread, so the last one wins everywhere.
         gate.setRole(master: role == .master)
@@ -306,10 +306,11 @@ public final class SyncEngine: Sendable {
         return report
     }
 
-    /// The conntracks of the table that are not synced, and why (a dump; at most `limit` listed).
-    public func unsynced(limit: Int) async -> UnsyncedListing {
+    /// The conntracks of the table that are not synced, and why (a dump; at most `limit` listed;
+    /// with `proto`, only that protocol's, counts and total included).
+    public func unsynced(limit: Int, proto: IPProtocolNumber? = nil) async -> UnsyncedListing {
         await withCheckedContinuation { (c: CheckedContinuation<UnsyncedListing, Never>) in
-            gate.unsynced(limit: max(limit, 0)) { c.resume(returning: $0) }
+            gate.unsynced(limit: max(limit, 0), proto: proto) { c.resume(returning: $0) }
         }
     }
 

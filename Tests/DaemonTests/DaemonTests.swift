@@ -172,6 +172,18 @@ struct DaemonTests {
         let peers = try #require(try await pair.request("ha2", ControlRequest(command: .showPeer)).peers)
         #expect(peers.first?.connections.count == 2)
 
+        // A TLS key that does not match its certificate (ha2's key under ha1's name): refused
+        // as check-config refuses it, naming the certificate's line; the sync goes on.
+        let keyPath = "\(pair.dir.path)/ha1.key"
+        let goodKey = try String(contentsOfFile: keyPath, encoding: .utf8)
+        try String(contentsOfFile: "\(pair.dir.path)/ha2.key", encoding: .utf8).write(toFile: keyPath, atomically: true, encoding: .utf8)
+        try pair.config("ha1", state: "MASTER", port: newPort, tcpUndefined: 31).write(toFile: pair.configPath("ha1"), atomically: true, encoding: .utf8)
+        let badTLS = try await pair.request("ha1", ControlRequest(command: .reload))
+        #expect(!badTLS.ok && badTLS.error?.contains("ha1.conf:") == true && badTLS.error?.contains("reload refused") == true, "\(badTLS)")
+        try goodKey.write(toFile: keyPath, atomically: true, encoding: .utf8)
+        #expect(await eventually(5) { try await pair.vrf("ha1")?.connectionsEstablished == 2 })
+        #expect(try await pair.vrf("ha1")?.held == 1000)
+
         // An invalid configuration is refused whole; the running one stays.
         try "vrf main { bogus_keyword 1 }".write(toFile: pair.configPath("ha1"), atomically: true, encoding: .utf8)
         let bad = try await pair.request("ha1", ControlRequest(command: .reload))
@@ -212,6 +224,16 @@ struct DaemonTests {
         #expect(backup.conntracks?.first?.unsynced?.role == "backup" && backup.conntracks?.first?.unsynced?.entries == [])
         let negative = try await pair.request("ha1", ControlRequest(command: .showConntracks, unsynced: true, limit: -1))
         #expect(!negative.ok)
+        // --proto: counts, total and listing of that protocol only.
+        let tcpOnly = try #require(try await pair.request("ha1", ControlRequest(command: .showConntracks, unsynced: true, limit: 5,
+                                                                               proto: "tcp")).conntracks?.first)
+        #expect(tcpOnly.unsynced?.total == 70 && tcpOnly.unsynced?.synced == 0 && tcpOnly.unsynced?.counts == ["delay-pending": 70])
+        #expect(tcpOnly.synced.isEmpty)
+        let udpOnly = try #require(try await pair.request("ha1", ControlRequest(command: .showConntracks, unsynced: true,
+                                                                               proto: "17")).conntracks?.first)
+        #expect(udpOnly.unsynced?.total == 20 && udpOnly.unsynced?.counts == [:] && udpOnly.synced.keys.sorted() == ["udp"])
+        let unknownProto = try await pair.request("ha1", ControlRequest(command: .showConntracks, proto: "tcpp"))
+        #expect(!unknownProto.ok && unknownProto.error?.hasPrefix("unknown protocol tcpp") == true, "\(unknownProto)")
 
         // The forced synchronization syncs them regardless of the delay.
         let forced = try await pair.request("ha1", ControlRequest(command: .sync, vrf: "main"))

@@ -45,8 +45,12 @@ import Testing
         metrics.record(state: Self.state(transitions: 2, role: "backup", takeover: nil),
                        peers: [Self.peer(transmit: 5, resyncs: 1)], conntracks: counts)
         // A second sample: counters follow the absolute values shown by `show peer`.
+        // The VRRP instances of the `show vrrp` golden reply (KeepstateCLITests/Golden).
+        let golden = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("KeepstateCLITests/Golden/show-vrrp.json")
+        let vrrp = try #require(try JSONDecoder().decode(ControlReply.self, from: Data(contentsOf: golden)).vrrp)
         metrics.record(state: Self.state(transitions: 3, role: "master", takeover: 0.75, drift: "ruleset"),
-                       peers: [Self.peer(transmit: 12, resyncs: 2)], conntracks: counts)
+                       peers: [Self.peer(transmit: 12, resyncs: 2)], conntracks: counts, vrrp: vrrp)
 
         let server = try await MetricsHTTPServer.start(host: "127.0.0.1", port: 0) { metrics.render() }
         defer { Task { await server.stop() } }
@@ -57,6 +61,10 @@ import Testing
         let lines = Set(body.split(separator: "\n").map(String.init))
         for expected in [
             #"keepstate_group_master{group="VI_1"} 1.0"#,
+            #"keepstate_vrrp_transitions_total{instance="VI_1"} 3"#,
+            #"keepstate_vrrp_effective_priority{instance="VI_2"} 1.0"#,
+            #"keepstate_vrrp_adverts_sent_total{instance="VI_1"} 36001"#,
+            #"keepstate_vrrp_dropped_total{instance="VI_1",reason="vridMismatch"} 40"#,
             #"keepstate_group_transitions_total{group="VI_1"} 3"#,
             #"keepstate_vrrp_state{group="VI_1",state="master"} 1.0"#,
             #"keepstate_vrrp_state{group="VI_1",state="backup"} 0.0"#,

@@ -165,12 +165,26 @@ enum Fixtures {
                             since: 86_412.7, transitions: 0, vrfs: ["lab"]),
             ],
             vrfs: [
-                VRFReport(name: "main", netns: nil, group: "VG_1", role: "master", conntracks: 1_000_000, held: 0, holdQueue: 0,
-                          holdRefused: 0, lastTakeoverSeconds: 0.0412, lastRearm: 998_731, connectionsEstablished: 4,
-                          connections: 4, dataplaneError: nil),
-                VRFReport(name: "lab", netns: "lab", group: "ha-group1", role: "backup", conntracks: 12, held: 3_400,
-                          holdQueue: 17, holdRefused: 2, lastTakeoverSeconds: nil, lastRearm: nil, connectionsEstablished: 1,
-                          connections: 2, dataplaneError: nil),
+                {
+                    var v = VRFReport(name: "main", netns: nil, group: "VG_1", role: "master", conntracks: 1_000_000, held: 0,
+                                      holdQueue: 0, holdRefused: 0, lastTakeoverSeconds: 0.0412, lastRearm: 998_731,
+                                      connectionsEstablished: 4, connections: 4, dataplaneError: nil)
+                    v.drift = "both"
+                    v.driftDetails = ["table ip nat chain postrouting differs", "ha_delays.udp.synchronization: here 0, peer 2"]
+                    v.rulesetDigest = String(repeating: "3f2a", count: 16)
+                    v.peerRulesetDigest = String(repeating: "77b1", count: 16)
+                    return v
+                }(),
+                {
+                    var v = VRFReport(name: "lab", netns: "lab", group: "ha-group1", role: "backup", conntracks: 12, held: 3_400,
+                                      holdQueue: 17, holdRefused: 2, lastTakeoverSeconds: nil, lastRearm: nil,
+                                      connectionsEstablished: 1, connections: 2, dataplaneError: nil)
+                    v.drift = "unknown"
+                    v.driftReason = "nothing heard from the peer yet"
+                    v.driftDetails = []
+                    v.rulesetDigest = "unknown (not read yet)"
+                    return v
+                }(),
                 VRFReport(name: "guest", netns: "guest", group: nil, role: "down", conntracks: 0, held: 0, holdQueue: 0,
                           holdRefused: 0, lastTakeoverSeconds: nil, lastRearm: nil, connectionsEstablished: 0, connections: 0,
                           dataplaneError: "cannot open the conntrack table in /run/netns/guest: No such file or directory"),
