@@ -278,25 +278,37 @@ final class MasterGate: @unchecked Sendable {
         if master {
             if let settings {
                 // Adopt what this node held for its peer (synced by the former master), then
-                // judge the rest of the table as new: its delays count from now. With a large
-                // table this is seconds of CPU right after a takeover, when the flows'
-                // retransmissions (and the hosts that answer them) need it: nothing waits for it
-                // (the peer is gone or resyncs later), so it runs at nice 19, as the re-arm does.
-                let lowered = ThreadPriority.lower()
-                defer { if let lowered { _ = ThreadPriority.restore(lowered) } }
+                // judge the rest of the table as new: its delays count from now. (Not at a lower
+                // priority, unlike the re-arm: the policy's events and a returning peer's resync
+                // wait for it, and a nice 19 thread starved for over 20 s under a loaded
+                // `make test`.)
                 let mirror = dataplane.snapshot(share: 0, of: 1)
-                let present = Set(mirror.map(\.key))
-                let held = heldKeys().filter { present.contains($0) }
+                let heldList = heldKeys()
                 let now = PolicyClock.now()
                 var policy = MasterPolicy(settings: settings)
-                policy.adoptSynced(held)
-                for c in mirror where !policy.isSynced(c.key) { _ = policy.changed(c, at: now) }
+                policy.reserveCapacity(mirror.count)
+                // One pass over the table: a held entry still in it is adopted as synced, any
+                // other is judged as new. (A restarted master holds nothing: no set to build.)
+                var adopted = 0
+                if heldList.isEmpty {
+                    for c in mirror { _ = policy.changed(c, at: now) }
+                } else {
+                    let held = Set(heldList)
+                    for c in mirror {
+                        if held.contains(c.key) {
+                            policy.adoptSynced(CollectionOfOne(c.key))
+                            adopted += 1
+                        } else {
+                            _ = policy.changed(c, at: now)
+                        }
+                    }
+                }
                 state.withLock { s in
                     s.policy = policy
                     s.master = true
                 }
                 logger.info("sync policy ready", metadata: [
-                    "adopted": "\(held.count)", "synced": "\(policy.syncedCount)", "pending": "\(policy.tracker.count)",
+                    "adopted": "\(adopted)", "synced": "\(policy.syncedCount)", "pending": "\(policy.tracker.count)",
                 ])
             } else {
                 state.withLock { $0.master = true }

@@ -52,7 +52,7 @@ public struct MasterPolicy: Sendable {
         didSet { tracker.probing = settings.probing }
     }
     public private(set) var tracker: DelayTracker
-    private var synced: Set<ConntrackKey> = []
+    private var synced = ConntrackKeySet()
 
     public init(settings: PolicySettings) {
         self.settings = settings
@@ -60,6 +60,9 @@ public struct MasterPolicy: Sendable {
     }
 
     public var syncedCount: Int { synced.count }
+
+    /// Room for `count` synced keys without growing (a node taking over a large table).
+    public mutating func reserveCapacity(_ count: Int) { synced.reserveCapacity(count) }
     public func isSynced(_ key: ConntrackKey) -> Bool { synced.contains(key) }
 
     private func makeRecord(_ update: ConntrackUpdate, _ reason: SyncRecord.Reason,
@@ -109,7 +112,7 @@ public struct MasterPolicy: Sendable {
     /// A conntrack is gone. A delete record when it was synced; nil otherwise.
     public mutating func destroyed(_ key: ConntrackKey) -> SyncRecord? {
         tracker.remove(key)
-        guard synced.remove(key) != nil else { return nil }
+        guard synced.remove(key) else { return nil }
         return makeRecord(.delete(key), .destroyed)
     }
 
