@@ -32,6 +32,9 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         var problemHandler: (@Sendable (String?) -> Void)?
         var eventsSeen = 0
         var eventScope = DataplaneEventScope.all
+        /// Set when the scope became `.all` again: a reconciliation runs at once (what changed
+        /// while only deletions were followed), and the periodic ones count from it.
+        var reconcileNow = false
     }
 
     private let state = Mutex(State())
@@ -105,6 +108,7 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
     public func setEventScope(_ scope: DataplaneEventScope) {
         let changed = state.withLock { s in
             defer { s.eventScope = scope }
+            if s.eventScope != scope && scope == .all { s.reconcileNow = true }
             return s.eventScope != scope
         }
         guard changed else { return }
@@ -307,14 +311,17 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
             case .delete(let k): deletes.append(k)
             }
         }
+        // The write lock first, across the mirror's update and the kernel's: a reconciliation
+        // (which holds it from its dump to its new mirror) then never puts a dump from before
+        // these writes over a mirror that has them.
+        writeLock.lock()
+        defer { writeLock.unlock() }
         let (formerCreated, formerDeleted) = state.withLock { s in
             (creates.map { s.mirror.replace($0, tag: 0) }, deletes.map { s.mirror.remove($0) })
         }
         if let holdTimeout {
             for i in creates.indices { creates[i].timeout = holdTimeout }
         }
-        writeLock.lock()
-        defer { writeLock.unlock() }
         var failed: [(ConntrackKey, Conntrack?)] = []
         var firstError: Int32 = 0
         // A call that fails as a whole (the socket, not an entry) counts as every entry refused,
@@ -354,7 +361,20 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
                 lastNamespaceCheck = ContinuousClock.now
                 checkNamespace()
             }
-            if reconcileInterval > 0, ContinuousClock.now - lastReconcile > .milliseconds(Int(reconcileInterval * 1000)) {
+            // Periodic reconciliations follow the whole table (`.all`, a master). A holding backup
+            // has none: at a million entries one holds the mirror and the writes for seconds, and a
+            // takeover that waits for the holder would wait for it too. Widening the scope again
+            // starts with one (see `setEventScope`).
+            let (scope, now) = state.withLock { s in
+                defer { s.reconcileNow = false }
+                return (s.eventScope, s.reconcileNow)
+            }
+            if now {
+                lastReconcile = ContinuousClock.now
+                reconcile(countAsOverrun: false)
+                reportProblemChange()
+            } else if reconcileInterval > 0, scope == .all,
+               ContinuousClock.now - lastReconcile > .milliseconds(Int(reconcileInterval * 1000)) {
                 lastReconcile = ContinuousClock.now
                 reconcile(countAsOverrun: false)
                 reportProblemChange()
@@ -409,9 +429,10 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         // as an event after it (and compares equal to the mirror if it is both).
         _ = try? events.readEvents()
         let table: [Conntrack]
+        // Held from the dump until the new mirror is in place (see `write`).
+        writeLock.lock()
+        defer { writeLock.unlock() }
         do {
-            writeLock.lock()
-            defer { writeLock.unlock() }
             table = try command.dump()
         } catch {
             // The mirror stays as it was; the next reconciliation tries again.

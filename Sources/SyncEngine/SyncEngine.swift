@@ -34,7 +34,7 @@ public final class SyncEngine: Sendable {
     /// This node's configuration against the peer's.
     private let monitor: DriftMonitor
     private let state = Mutex<(role: SyncRole, listener: SyncListener?, switchAt: NIODeadline?, failover: FailoverSummary?,
-                               plan: [ConntrackKey: PolicyInstant]?)>((.backup, nil, nil, nil, nil))
+                               plan: [ConntrackKey: PolicyInstant]?, scopeAfterRearm: Bool)>((.backup, nil, nil, nil, nil, false))
 
     /// With `hold` set (the default), every conntrack received from the peer is also written
     /// into `dataplane` at once, with the hold timeout, so that it is forwardable the moment this
@@ -161,6 +161,7 @@ public final class SyncEngine: Sendable {
                 return r.timeout(writtenAt: PolicyClock.now())
             },
             done: { [weak self] in
+                self?.rearmEnded()
                 let f = summary.withLock { $0 }
                 let p = plan.withLock { $0 }
                 self?.state.withLock { s in
@@ -236,9 +237,28 @@ public final class SyncEngine: Sendable {
     /// Master: send the table (each connection resyncs its share, then streams updates).
     /// Backup: stop sending; keep receiving.
     /// A holding backup's own writes make the creations and updates of its table: it follows
-    /// deletions only. A master follows everything again before its policy reads the mirror.
+    /// deletions only. A master follows everything: at once, or, after a takeover
+    /// (`prepareTakeover`), once the re-arm is done. The re-arm writes a timeout into every held
+    /// entry, and each write would come back as an event to read in the very seconds the flows'
+    /// retransmissions need the CPU; what changed meanwhile is found by the reconciliation the
+    /// wider scope starts with (the peer is gone then; a returning one gets it as updates).
     private func applyEventScope(_ role: SyncRole) {
-        if holder != nil { dataplane.setEventScope(role == .master ? .all : .deletions) }
+        guard holder != nil else { return }
+        let deferred = state.withLock { s in
+            s.scopeAfterRearm = role == .master && s.switchAt != nil
+            return s.scopeAfterRearm
+        }
+        if !deferred { dataplane.setEventScope(role == .master ? .all : .deletions) }
+    }
+
+    /// The re-arm after a takeover ended: a master deferred by `applyEventScope` follows
+    /// everything now.
+    private func rearmEnded() {
+        let widen = state.withLock { s in
+            defer { s.scopeAfterRearm = false }
+            return s.scopeAfterRearm && s.role == .master
+        }
+        if widen { dataplane.setEventScope(.all) }
     }
 
     public func setRole(_ role: SyncRole) {

@@ -88,7 +88,11 @@ struct ChurnTests {
         pair.dp1.simulate(gen.next(2000))
         pair.e1.setRole(.master)
         pair.startSending()
-        #expect(await eventually { pair.e2.store.count == 2000 })
+        // Both shares' first resyncs complete (a sweep still to come would take the ghosts below).
+        #expect(await eventually {
+            let completed = await pair.e2.statistics().localNode.resyncsCompleted
+            return pair.e2.store.count == 2000 && completed >= 2
+        })
         // Entries the master never had (left over from an earlier life) must go at the next resync.
         let ghosts = (0..<300).map { TrafficGenerator.conntrack(number: 900_000_000 + UInt64($0)) }
         // (Written as a share 7 that no longer exists, and as a stale share 1 entry.)

@@ -84,8 +84,11 @@ struct KernelSyncTests {
         await pair.e1.shutdown()
         _ = await pair.e2.prepareTakeover()
         pair.e2.setRole(.master)
+        // Until the re-arm is done the new master reads no event of its own timeout writes.
+        #expect(dp2.eventScope == .deletions)
         pair.e2.rearmAfterTakeover()
         #expect(await eventually(5) { pair.e2.holderStatistics?.lastRearm?.rearmed == 2 })
+        #expect(await eventually(5) { dp2.eventScope == .all })
         // Each entry now counts down its synced timeout from the switch.
         inKernel = try dp2.dump()
         for c in synced {
@@ -161,6 +164,22 @@ struct KernelSyncTests {
                             "--state", "ESTABLISHED", "-t", "3000", "-u", "SEEN_REPLY,ASSURED"])
         #expect(await eventually(5) { dp2.count == 1000 })
         await pair.shutdown()
+    }
+
+    @Test("periodic reconciliations run while the whole table is followed (master), not while only deletions are (holding backup)")
+    func reconciliationsFollowTheScope() async throws {
+        let ns = try TestNamespace("recscope")
+        let dp = try KernelDataplane(vrf: "main", netnsPath: ns.path, reconcileInterval: 0.2)
+        defer { dp.stop() }
+        #expect(await eventually(5) { dp.reconciliations >= 2 })
+        dp.setEventScope(.deletions)
+        // One may have been under way when the scope changed.
+        try await Task.sleep(for: .milliseconds(300))
+        let held = dp.reconciliations
+        try await Task.sleep(for: .seconds(1))
+        #expect(dp.reconciliations == held)
+        dp.setEventScope(.all)
+        #expect(await eventually(5) { dp.reconciliations >= held + 2 })
     }
 
     @Test("a restarted backup adopts what its kernel table holds, and the master's resync removes what went meanwhile")
