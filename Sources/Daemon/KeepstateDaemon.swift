@@ -76,13 +76,9 @@ public actor KeepstateDaemon {
             // After the VRFs: an instance that becomes master makes their conntracks forwardable
             // first. If VRRP cannot start, nothing stays running.
             do {
-                vrrp = try await VRRPSupervisor.start(
-                config: config, eventLoop: vrrpLoop.next(), logger: logger,
-                willBecomeMaster: { [weak self] groups in
-                    await self?.drive(Dictionary(uniqueKeysWithValues: groups.map { ($0, SyncRole.master) }))
-                },
-                drive: { [weak self] roles in await self?.drive(roles) },
-                failbackHold: { [weak self] groups in await self?.failbackHold(groups) ?? .none })
+                let supervisor = try await prepareVRRP(config)
+                await supervisor.begin(carried: [:])
+                vrrp = supervisor
             } catch {
                 logger.error("VRRP could not start; stopping", metadata: ["error": "\(error)"])
                 await shutdown()
@@ -93,6 +89,17 @@ public actor KeepstateDaemon {
             "config": "\(options.configPath)", "vrfs": "\(config.vrfs.map(\.name).joined(separator: ","))",
             "socket": "\(options.socketPath)",
         ])
+    }
+
+    /// The VRRP instances of `config`, their sockets open, not started.
+    private func prepareVRRP(_ config: KeepstateConfig) async throws -> VRRPSupervisor {
+        try await VRRPSupervisor.prepare(
+            config: config, eventLoop: vrrpLoop.next(), logger: logger,
+            willBecomeMaster: { [weak self] groups in
+                await self?.drive(Dictionary(uniqueKeysWithValues: groups.map { ($0, SyncRole.master) }))
+            },
+            drive: { [weak self] roles in await self?.drive(roles) },
+            failbackHold: { [weak self] groups in await self?.failbackHold(groups) ?? .none })
     }
 
     public func shutdown() async {
@@ -320,13 +327,25 @@ public actor KeepstateDaemon {
             return .failure("reload refused, the running configuration stays:\n\(text)")
         }
         let old = config
-        if Self.vrrpSettings(old) != Self.vrrpSettings(new) {
-            logger.error("reload refused: the VRRP settings changed; the running configuration stays")
-            return .failure("""
-                reload refused, the running configuration stays: the VRRP settings (global_defs VRRP \
-                keys, vrrp_script, vrrp_instance, vrrp_sync_group) changed, and a reload does not \
-                restart VRRP instances. Restart the daemon for them (a master hands over first).
-                """)
+        // Changed VRRP settings: the new instances' sockets are opened first (a failure refuses
+        // the reload with the running instances untouched); after the VRFs, the running
+        // instances stop without leaving their virtual routers and the new ones start in the
+        // state each had (docs/vrrp.md, "Reload").
+        let vrrpChanged = Self.vrrpSettings(old) != Self.vrrpSettings(new)
+        var nextVRRP: VRRPSupervisor?
+        if vrrpChanged {
+            if let refusal = VRRPSupport.refusals(new).first {
+                logger.error("reload refused; the running configuration stays", metadata: ["error": "\(refusal)"])
+                return .failure("reload refused, the running configuration stays:\n\(refusal)")
+            }
+            if !new.vrrpInstances.isEmpty {
+                do {
+                    nextVRRP = try await prepareVRRP(new)
+                } catch {
+                    logger.error("reload refused; the running configuration stays", metadata: ["error": "\(error)"])
+                    return .failure("reload refused, the running configuration stays:\n\(error)")
+                }
+            }
         }
         config = new
         buildGroups()
@@ -356,6 +375,15 @@ public actor KeepstateDaemon {
                 await startVRF(vrf)
                 changes.append("started VRF \(vrf.name)")
             }
+        }
+        if vrrpChanged {
+            let carried = await vrrp?.detachForReload(next: new) ?? [:]
+            vrrp = nextVRRP
+            await nextVRRP?.begin(carried: carried)
+            let kept = carried.keys.sorted().map { "\($0) \(carried[$0]!)" }
+            let fresh = new.vrrpInstances.map(\.name).filter { carried[$0] == nil }.sorted()
+            changes.append("VRRP restarted (carried over: \(kept.isEmpty ? "none" : kept.joined(separator: ", "))"
+                + (fresh.isEmpty ? "" : "; new: \(fresh.joined(separator: ", "))") + ")")
         }
         for name in groups.keys.sorted() { await apply(group: name) }
         let summary = changes.isEmpty ? "no change" : changes.joined(separator: "; ")

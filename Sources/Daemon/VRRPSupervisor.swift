@@ -150,6 +150,9 @@ actor VRRPSupervisor {
     /// The consumer of the link thread's changes (in order).
     private var linkChanges: Task<Void, Never>?
     private var stopped = false
+    /// States carried over a reload: the first transition of an instance into the state it
+    /// had runs no notify script (nothing changed for the scripts).
+    private var quietStates: [String: VRRPState] = [:]
 
     private init(config: KeepstateConfig, logger: Logger, drive: @escaping @Sendable ([String: SyncRole]) async -> Void,
                  failbackHold: @escaping @Sendable ([String]) async -> FailbackHold) {
@@ -166,10 +169,77 @@ actor VRRPSupervisor {
                       willBecomeMaster: @escaping @Sendable ([String]) async -> Void,
                       drive: @escaping @Sendable ([String: SyncRole]) async -> Void,
                       failbackHold: @escaping @Sendable ([String]) async -> FailbackHold) async throws -> VRRPSupervisor {
+        let s = try await prepare(config: config, eventLoop: eventLoop, logger: logger, willBecomeMaster: willBecomeMaster,
+                                  drive: drive, failbackHold: failbackHold)
+        await s.begin(carried: [:])
+        return s
+    }
+
+    /// Opens every instance's sockets without starting anything (`begin` does): a reload opens
+    /// the new configuration's first, so that a failure leaves the running instances alone.
+    static func prepare(config: KeepstateConfig, eventLoop: any EventLoop, logger: Logger,
+                        willBecomeMaster: @escaping @Sendable ([String]) async -> Void,
+                        drive: @escaping @Sendable ([String: SyncRole]) async -> Void,
+                        failbackHold: @escaping @Sendable ([String]) async -> FailbackHold) async throws -> VRRPSupervisor {
         let s = VRRPSupervisor(config: config, logger: logger, drive: drive, failbackHold: failbackHold)
         try await s.open(eventLoop: eventLoop, willBecomeMaster: willBecomeMaster)
-        await s.run()
         return s
+    }
+
+    /// Starts the prepared instances. `carried`: the states the same instances had in the
+    /// configuration this one replaces (`detachForReload`): one that was master starts as master
+    /// at once, with no election and no failback hold, and a state an instance starts in that it
+    /// already had runs no notify script.
+    func begin(carried: [String: VRRPState]) async {
+        await run(carried: carried)
+    }
+
+    /// Whether an instance of `next` is the same virtual router as this configuration's
+    /// instance of the same name (interface, VRID, address family, VRRP version), so that a
+    /// reload can carry its state over instead of leaving and rejoining.
+    static func sameRouter(_ a: VRRPInstanceSpec, _ b: VRRPInstanceSpec) -> Bool {
+        a.interface == b.interface && a.virtualRouterID == b.virtualRouterID && a.family == b.family && a.version == b.version
+    }
+
+    /// A reload's first half: the instances `next` keeps (`sameRouter`) stop without leaving
+    /// their virtual routers (no priority 0, addresses kept, except those `next` no longer
+    /// lists); the others leave as at shutdown (a master sends priority 0 and removes its
+    /// addresses). Returns the kept instances' states, for `begin(carried:)` of the new
+    /// supervisor, which must follow at once (the backup takes over after Master_Down_Interval
+    /// without adverts).
+    func detachForReload(next: KeepstateConfig) async -> [String: VRRPState] {
+        stopped = true
+        linkThread?.stop()
+        linkThread = nil
+        linkChanges?.cancel()
+        linkChanges = nil
+        for t in scriptTasks { t.cancel() }
+        scriptTasks = []
+        var carried: [String: VRRPState] = [:]
+        for (name, m) in members.sorted(by: { $0.key < $1.key }) {
+            guard let spec = next.vrrpInstances.first(where: { $0.name == name }), Self.sameRouter(m.spec, spec) else {
+                await m.runner.shutdown()
+                continue
+            }
+            let state = await m.runner.detach()
+            carried[name] = state
+            guard state == .master, let route else { continue }
+            let kept = Set(spec.virtualAddresses + spec.excludedAddresses)
+            let gone = (m.spec.virtualAddresses + m.spec.excludedAddresses).filter { !kept.contains($0) }
+            if !gone.isEmpty {
+                do {
+                    try await NetlinkVirtualAddresses(route: route, specs: gone).removeVirtualAddresses([], interface: m.spec.interface)
+                } catch {
+                    logger.warning("VRRP reload: removing addresses no longer configured failed", metadata: [
+                        "group": "\(name)", "error": "\(error)",
+                    ])
+                }
+            }
+        }
+        for t in stateTasks { await t.value }
+        stateTasks = []
+        await notifier.drain()
+        return carried
     }
 
     private func open(eventLoop: any EventLoop, willBecomeMaster: @escaping @Sendable ([String]) async -> Void) async throws {
@@ -278,7 +348,20 @@ actor VRRPSupervisor {
         return config.vrrpScripts.filter { used.contains($0.name) }
     }
 
-    private func run() async {
+    private func run(carried: [String: VRRPState]) async {
+        // A master carried over a reload is master from the start: its hold never applies.
+        for (name, state) in carried where members[name] != nil {
+            members[name]?.state = state
+            if state == .master {
+                members[name]?.hold.stateChanged(toMaster: true, now: ContinuousClock.now, hold: .none)
+            }
+        }
+        quietStates = carried.filter { members[$0.key] != nil }
+        for g in config.vrrpSyncGroups {
+            let states = g.members.compactMap { quietStates[$0] }
+            if states.count == g.members.count && states.allSatisfy({ $0 == .master }) { groupStates[g.name] = "MASTER" }
+            if states.count == g.members.count && states.allSatisfy({ $0 == .backup }) { groupStates[g.name] = "BACKUP" }
+        }
         // Before any runner starts: a node behind its peer's table starts with its priority
         // held down, and one whose tracking fails starts in FAULT (a `state MASTER` instance
         // would otherwise be master, addresses and all, for a moment).
@@ -291,7 +374,7 @@ actor VRRPSupervisor {
                     await self?.changed(name, change)
                 }
             })
-            await runner.start()
+            await runner.start(asMaster: carried[name] == .master)
         }
         await reevaluateAll()
         scriptTasks.append(Task { [weak self] in
@@ -481,6 +564,7 @@ actor VRRPSupervisor {
     /// order of the transitions (a detached task per call would not keep that order).
     private func notify(_ name: String, _ change: VRRPStateChange) async {
         guard let m = members[name] else { return }
+        if let quiet = quietStates.removeValue(forKey: name), quiet == change.to { return }
         let state: String
         switch change.to {
         case .master: state = "MASTER"

@@ -203,10 +203,12 @@ public struct VRRPInstanceState: Sendable, Equatable {
 
     // MARK: events
 
-    public mutating func startup(now: VRRPInstant) -> [VRRPAction] {
+    /// `claimMastership`: become master at once from Backup, as `startsAsMaster` does, for this
+    /// start only (an instance that was master before a reload restarted it).
+    public mutating func startup(now: VRRPInstant, claimMastership: Bool = false) -> [VRRPAction] {
         guard state == .initialize else { return [] }
         let actions = enterFromInitialize(now: now, reason: .startup)
-        if config.startsAsMaster && state == .backup { return becomeMaster(now: now, reason: .startup) }
+        if (config.startsAsMaster || claimMastership) && state == .backup { return becomeMaster(now: now, reason: .startup) }
         return actions
     }
 

@@ -103,7 +103,9 @@ public actor VRRPRunner {
     }
 
     /// Starts receiving and enters Backup (or Master for the address owner). Once only.
-    public func start() {
+    /// Starts the instance. `asMaster`: it takes mastership at once (as `state MASTER` does),
+    /// for an instance that was master before a reload replaced its runner.
+    public func start(asMaster: Bool = false) {
         guard phase == .created else { return }
         phase = .running
         logger.info("VRRP instance starting", metadata: [
@@ -120,7 +122,7 @@ public actor VRRPRunner {
                 loop.execute { self.assumeIsolated { $0.handle(inbound) } }
             }
         }
-        apply(machine.startup(now: now()))
+        apply(machine.startup(now: now(), claimMastership: asMaster))
     }
 
     /// Tracking changed the effective priority (track_script / track_interface weights).
@@ -166,6 +168,31 @@ public actor VRRPRunner {
     public func syncGroupBackup(member: String) {
         guard phase == .running else { return }
         apply(machine.syncGroupBackup(member: member, now: now()))
+    }
+
+    /// Stops without leaving the virtual router, for a reload that starts the instance again
+    /// at once: no priority 0 advert, the addresses stay where they are, no transition is
+    /// reported. Returns the state the instance was in (a new runner for the same virtual
+    /// router starts as master if it was). Actions still queued are finished first. Idempotent.
+    public func detach() async -> VRRPState {
+        switch phase {
+        case .created:
+            phase = .stopped
+            await closeIO()
+            return machine.state
+        case .stopping, .stopped:
+            await waitUntilIdle()
+            return machine.state
+        case .running:
+            break
+        }
+        phase = .stopping
+        await waitUntilIdle()
+        stopAnnouncements()
+        phase = .stopped
+        await closeIO()
+        logger.info("VRRP instance detached for a reload", metadata: ["vrrp.state": "\(Self.name(machine.state))"])
+        return machine.state
     }
 
     /// Leaves the virtual router: as master, sends an advert with priority 0 (the backup takes

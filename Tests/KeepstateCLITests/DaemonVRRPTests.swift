@@ -166,6 +166,96 @@ struct DaemonVRRPTests {
         }
     }
 
+    @Test("a reload that changes VRRP settings keeps the master master: no priority 0, no notify, keepalived never takes the address; an added address comes, a removed one goes, the new priority shows")
+    func reloadCarriesMastership() async throws {
+        try await withLabSegment(tag: "drl") { segment in
+            let ours = try segment.addHost("drl-ours", number: 1, ipv4: "192.0.2.1")
+            let theirs = try segment.addHost("drl-ka", number: 2, ipv4: "192.0.2.2")
+            let notifyLog = segment.path("notify.log")
+            let script = segment.path("notify.sh")
+            try "#!/bin/sh\necho \"$@\" >> \(notifyLog)\n".write(toFile: script, atomically: true, encoding: .utf8)
+            chmod(script, 0o755)
+            let extra = "192.0.2.102"
+            // The added address is `virtual_ipaddress_excluded`: it is not in the adverts, whose
+            // address list keepalived compares with its own (it drops adverts listing others).
+            func conf(priority: Int, addresses: [String]) -> String {
+                """
+                global_defs {
+                    router_id ours
+                    vrrp_garp_master_delay 0
+                }
+                vrrp_instance VI_1 {
+                    interface veth0
+                    virtual_router_id 51
+                    priority \(priority)
+                    advert_int 0.1
+                    version 3
+                    notify \(script)
+                    virtual_ipaddress {
+                        \(Self.vip)/24
+                    }
+                    virtual_ipaddress_excluded {
+                \(addresses.filter { $0 != Self.vip }.map { "        \($0)/24" }.joined(separator: "\n"))
+                    }
+                }
+                """
+            }
+            let path = segment.path("keepstate.conf")
+            try conf(priority: 150, addresses: [Self.vip]).write(toFile: path, atomically: true, encoding: .utf8)
+            let socket = segment.path("k.sock")
+            let daemon = try startDaemon(in: ours, config: path, socket: socket, segment: segment)
+            let ka = try LabKeepalived(on: theirs, config: KeepalivedInstanceConfig(
+                routerID: "ka", priority: 100, advertInterval: "0.1", version: 3, virtualAddresses: ["\(Self.vip)/24"]),
+                segment: segment)
+            func oursHolds() -> Bool { ours.namespace.has(Self.vip, on: "veth0") && !theirs.namespace.has(Self.vip, on: "veth0") }
+            #expect(await labPoll(timeout: .seconds(20)) { vrrp(socket, "VI_1")?.state == "master" && oursHolds() },
+                    "\(daemon.output.suffix(3000))")
+            let transitionsBefore = try #require(vrrp(socket, "VI_1")).transitions
+            // keepalived may have been master for a moment before ours was elected.
+            func kaMasterEntries() -> Int { ka.log.components(separatedBy: "Entering MASTER STATE").count - 1 }
+            let kaMastersBefore = kaMasterEntries()
+
+            // Watch the segment: a priority 0 from ours, or any advert from keepalived as master,
+            // would show a flap.
+            let capture = try LabCapture(namespace: segment.bridge, interface: "br0", filter: "ip proto 112",
+                                         fields: ["ip.src", "vrrp.virt_rtr_id", "vrrp.prio", "frame.time_relative"], segment: segment)
+            try await capture.waitUntilCapturing()
+            #expect(await labPoll(timeout: .seconds(10)) { capture.rows.contains { $0.prefix(3) == ["192.0.2.1", "51", "150"] } })
+
+            // Reload: a lower priority (still above keepalived's) and one more address.
+            try conf(priority: 140, addresses: [Self.vip, extra]).write(toFile: path, atomically: true, encoding: .utf8)
+            let r1 = try ControlClient.send(ControlRequest(command: .reload), socketPath: socket, timeout: .seconds(10))
+            #expect(r1.ok && r1.message?.contains("VRRP restarted (carried over: VI_1 master)") == true, "\(r1)")
+            #expect(await labPoll(timeout: .seconds(5)) {
+                vrrp(socket, "VI_1")?.effectivePriority == 140 && ours.namespace.has(extra, on: "veth0")
+                    && capture.rows.contains { $0.prefix(3) == ["192.0.2.1", "51", "140"] }
+            }, "\(String(describing: vrrp(socket, "VI_1")))")
+            #expect(vrrp(socket, "VI_1")?.state == "master" && oursHolds(), "\(daemon.output.suffix(4000))\n\(capture.rows.map { $0.joined(separator: " ") }.joined(separator: "\n"))")
+
+            // Reload: the added address removed again.
+            try conf(priority: 140, addresses: [Self.vip]).write(toFile: path, atomically: true, encoding: .utf8)
+            let r2 = try ControlClient.send(ControlRequest(command: .reload), socketPath: socket, timeout: .seconds(10))
+            #expect(r2.ok, "\(r2)")
+            #expect(await labPoll(timeout: .seconds(5)) { !ours.namespace.has(extra, on: "veth0") })
+            // A second of adverts after the reloads, then what the segment saw.
+            try await Task.sleep(for: .seconds(1))
+            #expect(vrrp(socket, "VI_1")?.state == "master" && oursHolds())
+            _ = await capture.stop()
+            #expect(!capture.rows.contains { $0.prefix(3) == ["192.0.2.1", "51", "0"] }, "a priority 0 from ours: \(capture.rows.suffix(10))")
+            #expect(!capture.rows.contains { $0.first == "192.0.2.2" }, "keepalived advertised (it became master)")
+            // Our adverts never paused for more than two intervals (keepalived's
+            // Master_Down_Interval is 0.36 s).
+            let times = capture.rows.filter { $0.prefix(2) == ["192.0.2.1", "51"] }.compactMap { $0.count > 3 ? Double($0[3]) : nil }
+            let gap = zip(times, times.dropFirst()).map { $1 - $0 }.max() ?? 99
+            #expect(times.count > 10 && gap < 0.2, "longest gap between our adverts \(gap) s over \(times.count)")
+            #expect(kaMasterEntries() == kaMastersBefore, "\(ka.log.suffix(2000))")
+            // The instance's own history: the new runner's one start as master, nothing else.
+            #expect((vrrp(socket, "VI_1")?.transitions ?? 99) <= 1, "transitions \(transitionsBefore) then \(String(describing: vrrp(socket, "VI_1")?.transitions))")
+            let lines = ((try? String(contentsOfFile: notifyLog, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+            #expect(lines == ["INSTANCE VI_1 BACKUP 150", "INSTANCE VI_1 MASTER 150"], "notify log:\n\(lines.joined(separator: "\n"))")
+        }
+    }
+
     @Test("failback hold-down: a node whose VRF has not the master's table advertises priority 1 until failback_hold_max, then preempts")
     func failbackHoldDown() async throws {
         try await withLabSegment(tag: "dfb") { segment in
