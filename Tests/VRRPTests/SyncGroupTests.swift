@@ -59,4 +59,17 @@ import VRRP
         var b = VRRPInstanceState(config: v3Config())
         #expect(b.startup(now: .zero) == [.becomeBackup(.startup)])
     }
+
+    @Test func aMasterCarriedOverAReloadClaimsMastershipForThatStartOnly() {
+        var m = VRRPInstanceState(config: v3Config())
+        #expect(m.startup(now: .zero, claimMastership: true) == masterActions(100, .startup))
+        #expect(m.state == .master)
+        // Later returns from Initialize go through Backup, as without the claim.
+        _ = m.linkDown(now: at(200))
+        #expect(m.linkUp(now: at(300)) == [.becomeBackup(.linkUp)])
+        // A second startup call does nothing (the instance is not in Initialize).
+        var b = VRRPInstanceState(config: v3Config())
+        _ = b.startup(now: .zero)
+        #expect(b.startup(now: at(100), claimMastership: true).isEmpty && b.state == .backup)
+    }
 }
