@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "ks_conntrack.h"
+#include "ks_batch.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -163,29 +164,11 @@ static void flatten(const struct nf_conntrack *ct, ks_ct *out, uint8_t event) {
     out->zone = nfct_get_attr_u16(ct, ATTR_ZONE);
 }
 
-#define KS_BATCH 512
-
-struct collector {
-    ks_ct batch[KS_BATCH];
-    int count;
-    ks_ct_sink sink;
-    void *context;
-    int delivered;
-};
-
-static void flush(struct collector *c) {
-    if (c->count > 0) {
-        c->sink(c->batch, c->count, c->context);
-        c->delivered += c->count;
-        c->count = 0;
-    }
-}
-
 static int collect(enum nf_conntrack_msg_type type, struct nf_conntrack *ct, void *data) {
-    struct collector *c = data;
+    struct ks_batch *c = data;
     uint8_t event = type == NFCT_T_DESTROY ? KS_EVENT_DESTROY : type == NFCT_T_UPDATE ? KS_EVENT_UPDATE : KS_EVENT_NEW;
-    flatten(ct, &c->batch[c->count++], event);
-    if (c->count == KS_BATCH) flush(c);
+    flatten(ct, ks_batch_slot(c), event);
+    ks_batch_added(c);
     return NFCT_CB_CONTINUE;
 }
 
@@ -195,7 +178,7 @@ int ks_ct_dump(struct nfct_handle *h, uint8_t family, ks_ct_sink sink, void *con
 }
 
 int ks_ct_dump_library(struct nfct_handle *h, uint8_t family, ks_ct_sink sink, void *context) {
-    struct collector *c = calloc(1, sizeof *c);
+    struct ks_batch *c = calloc(1, sizeof *c);
     if (!c) return -1;
     c->sink = sink;
     c->context = context;
@@ -203,7 +186,7 @@ int ks_ct_dump_library(struct nfct_handle *h, uint8_t family, ks_ct_sink sink, v
     uint32_t fam = family == 4 ? AF_INET : family == 6 ? AF_INET6 : AF_UNSPEC;
     int r = nfct_query(h, NFCT_Q_DUMP, &fam);
     int e = errno;
-    flush(c);
+    ks_batch_flush(c);
     nfct_callback_unregister(h);
     free(c);
     errno = e;
@@ -215,14 +198,14 @@ int ks_ct_read_events(struct nfct_handle *h, ks_ct_sink sink, void *context) {
 }
 
 int ks_ct_read_events_library(struct nfct_handle *h, ks_ct_sink sink, void *context) {
-    struct collector *c = calloc(1, sizeof *c);
+    struct ks_batch *c = calloc(1, sizeof *c);
     if (!c) return -1;
     c->sink = sink;
     c->context = context;
     nfct_callback_register(h, NFCT_T_ALL, collect, c);
     int r = nfct_catch(h);   // returns -1 with EAGAIN once drained (non-blocking socket)
     int e = errno;
-    flush(c);
+    ks_batch_flush(c);
     nfct_callback_unregister(h);
     int delivered = c->delivered;
     free(c);
@@ -452,7 +435,7 @@ int ks_ct_get(struct nfct_handle *h, const ks_ct *keys, int count, uint32_t seq_
               int *errors) {
     enum { CHUNK = 128 };
     int fd = nfct_fd(h);
-    struct collector *c = calloc(1, sizeof *c);
+    struct ks_batch *c = calloc(1, sizeof *c);
     char *out = malloc(CHUNK * 256);
     char *in = malloc(1 << 16);
     if (!c || !out || !in) { free(c); free(out); free(in); errno = ENOMEM; return -1; }
@@ -519,8 +502,8 @@ int ks_ct_get(struct nfct_handle *h, const ks_ct *keys, int count, uint32_t seq_
                     struct nf_conntrack *ct = nfct_new();
                     if (!ct) { failed = 1; e = ENOMEM; break; }
                     if (nfct_nlmsg_parse(nlh, ct) == 0) {
-                        flatten(ct, &c->batch[c->count++], KS_EVENT_NEW);
-                        if (c->count == KS_BATCH) flush(c);
+                        flatten(ct, ks_batch_slot(c), KS_EVENT_NEW);
+                        ks_batch_added(c);
                         errors[idx] = 0;
                         found++;
                     } else {
@@ -533,7 +516,7 @@ int ks_ct_get(struct nfct_handle *h, const ks_ct *keys, int count, uint32_t seq_
             if (failed) break;
         }
     }
-    flush(c);
+    ks_batch_flush(c);
     free(c);
     free(out);
     free(in);

@@ -10,6 +10,7 @@
 // this file does not include the library.
 #define _GNU_SOURCE   // recvmmsg
 #include "ks_conntrack.h"
+#include "ks_batch.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -169,27 +170,9 @@ int ks_ct_parse_message(const struct nlmsghdr *nlh, ks_ct *out) {
     return 1;
 }
 
-#define KS_PARSE_BATCH 512
-
-struct parse_batch {
-    ks_ct cts[KS_PARSE_BATCH];
-    int count;
-    int delivered;
-    ks_ct_sink sink;
-    void *context;
-};
-
-static void batch_flush(struct parse_batch *b) {
-    if (b->count > 0) {
-        b->sink(b->cts, b->count, b->context);
-        b->delivered += b->count;
-        b->count = 0;
-    }
-}
-
 /// Parses every message of one datagram. Returns 1 at NLMSG_DONE, -1 (errno set) at an error
 /// message, 0 otherwise. With `seq` nonzero, messages of another sequence are skipped.
-static int parse_datagram(const uint8_t *buf, size_t len, uint32_t seq, struct parse_batch *b) {
+static int parse_datagram(const uint8_t *buf, size_t len, uint32_t seq, struct ks_batch *b) {
     const struct nlmsghdr *nlh = (const struct nlmsghdr *)buf;
     int remaining = (int)len;
     for (; NLMSG_OK(nlh, remaining); nlh = NLMSG_NEXT(nlh, remaining)) {
@@ -203,10 +186,7 @@ static int parse_datagram(const uint8_t *buf, size_t len, uint32_t seq, struct p
             }
             continue;
         }
-        if (ks_ct_parse_message(nlh, &b->cts[b->count]) == 1) {
-            b->count++;
-            if (b->count == KS_PARSE_BATCH) batch_flush(b);
-        }
+        if (ks_ct_parse_message(nlh, ks_batch_slot(b)) == 1) ks_batch_added(b);
     }
     return 0;
 }
@@ -221,7 +201,7 @@ int ks_ct_read_events_fd(int fd, ks_ct_sink sink, void *context) {
         event_area = malloc((size_t)KS_EVENT_DATAGRAMS * KS_EVENT_DATAGRAM_BYTES);
         if (!event_area) { errno = ENOMEM; return -1; }
     }
-    struct parse_batch *b = malloc(sizeof *b);
+    struct ks_batch *b = malloc(sizeof *b);
     if (!b) { errno = ENOMEM; return -1; }
     b->count = 0;
     b->delivered = 0;
@@ -252,7 +232,7 @@ int ks_ct_read_events_fd(int fd, ks_ct_sink sink, void *context) {
         }
         if (failure) break;
     }
-    batch_flush(b);
+    ks_batch_flush(b);
     int delivered = b->delivered;
     free(b);
     if (failure) {
@@ -282,7 +262,7 @@ int ks_ct_dump_fd(int fd, uint8_t family, uint32_t seq, ks_ct_sink sink, void *c
     // The kernel sizes its dump datagrams after the largest read it saw (up to 32 KiB).
     size_t cap = 64 << 10;
     uint8_t *buf = malloc(cap);
-    struct parse_batch *b = malloc(sizeof *b);
+    struct ks_batch *b = malloc(sizeof *b);
     if (!buf || !b) { free(buf); free(b); errno = ENOMEM; return -1; }
     b->count = 0;
     b->delivered = 0;
@@ -310,7 +290,7 @@ int ks_ct_dump_fd(int fd, uint8_t family, uint32_t seq, ks_ct_sink sink, void *c
         }
     }
     int e = errno;
-    batch_flush(b);
+    ks_batch_flush(b);
     free(b);
     free(buf);
     errno = e;

@@ -8,14 +8,10 @@
 public struct ConntrackTable<Tag: Sendable & BitwiseCopyable>: Sendable {
     public private(set) var entries: ContiguousArray<Conntrack> = []
     public private(set) var tags: ContiguousArray<Tag> = []
-    private var slots: ContiguousArray<UInt32>   // 0 = empty, else entry index + 1
-    private var mask: Int
+    private var index: SlotIndex
 
     public init(minimumCapacity: Int = 16) {
-        var size = 16
-        while size < minimumCapacity * 2 { size <<= 1 }
-        slots = ContiguousArray(repeating: 0, count: size)
-        mask = size - 1
+        index = SlotIndex(minimumCapacity: minimumCapacity)
         entries.reserveCapacity(minimumCapacity)
         tags.reserveCapacity(minimumCapacity)
     }
@@ -23,27 +19,16 @@ public struct ConntrackTable<Tag: Sendable & BitwiseCopyable>: Sendable {
     public var count: Int { entries.count }
     public var isEmpty: Bool { entries.isEmpty }
 
-    @inline(__always)
-    private func home(_ key: ConntrackKey) -> Int {
-        Int(truncatingIfNeeded: key.stableHash) & mask
-    }
-
     /// The index in `entries` of the conntrack with this key.
     public func index(of key: ConntrackKey) -> Int? {
         findSlot(key).entry
     }
 
+    @inline(__always)
     private func findSlot(_ key: ConntrackKey) -> (slot: Int, entry: Int?) {
-        var i = Int(truncatingIfNeeded: key.stableHash) & mask
-        while true {
-            let s = slots[i]
-            if s == 0 { return (i, nil) }
-            let e = Int(s &- 1)
+        index.find(hash: key.stableHash) { e in
             let c = entries[e]
-            if c.original == key.original && c.proto == key.proto && c.family == key.family && c.zone == key.zone {
-                return (i, e)
-            }
-            i = (i &+ 1) & mask
+            return c.original == key.original && c.proto == key.proto && c.family == key.family && c.zone == key.zone
         }
     }
 
@@ -73,10 +58,10 @@ public struct ConntrackTable<Tag: Sendable & BitwiseCopyable>: Sendable {
             tags[e] = tag
             return old
         }
-        slots[slot] = UInt32(entries.count + 1)
+        index.set(slot, entry: entries.count)
         entries.append(conntrack)
         tags.append(tag)
-        if entries.count * 2 > slots.count { grow() }
+        if entries.count * 2 > index.capacity { grow() }
         return nil
     }
 
@@ -121,30 +106,12 @@ public struct ConntrackTable<Tag: Sendable & BitwiseCopyable>: Sendable {
     public mutating func removeAll(keepingCapacity: Bool = false) {
         entries.removeAll(keepingCapacity: keepingCapacity)
         tags.removeAll(keepingCapacity: keepingCapacity)
-        if keepingCapacity {
-            for i in slots.indices { slots[i] = 0 }
-        } else {
-            slots = ContiguousArray(repeating: 0, count: 16)
-            mask = 15
-        }
+        index.clear(keepingCapacity: keepingCapacity)
     }
 
-    /// Empties the slot at `slot` and shifts later members of its probe run back (linear
-    /// probing deletion without tombstones).
     private mutating func removeSlot(_ slot: Int) {
-        var hole = slot
-        var i = (slot + 1) & mask
-        while slots[i] != 0 {
-            let h = home(entries[Int(slots[i] - 1)].key)
-            // Move slots[i] into the hole when its home is not in (hole, i] cyclically.
-            let inRange = hole <= i ? (h > hole && h <= i) : (h > hole || h <= i)
-            if !inRange {
-                slots[hole] = slots[i]
-                hole = i
-            }
-            i = (i + 1) & mask
-        }
-        slots[hole] = 0
+        let entries = self.entries
+        index.remove(slot: slot) { entries[$0].key.stableHash }
     }
 
     /// Removes entry `e` from the dense arrays by moving the last entry into its place.
@@ -153,7 +120,7 @@ public struct ConntrackTable<Tag: Sendable & BitwiseCopyable>: Sendable {
         if e != last {
             let moved = entries[last]
             let (slot, _) = findSlot(moved.key)
-            slots[slot] = UInt32(e + 1)
+            index.set(slot, entry: e)
             entries[e] = moved
             tags[e] = tags[last]
         }
@@ -162,20 +129,14 @@ public struct ConntrackTable<Tag: Sendable & BitwiseCopyable>: Sendable {
     }
 
     private mutating func grow() {
-        let size = slots.count * 2
-        slots = ContiguousArray(repeating: 0, count: size)
-        mask = size - 1
-        for e in entries.indices {
-            var i = home(entries[e].key)
-            while slots[i] != 0 { i = (i + 1) & mask }
-            slots[i] = UInt32(e + 1)
-        }
+        let entries = self.entries
+        index.rebuild(size: index.capacity * 2, count: entries.count) { entries[$0].key.stableHash }
     }
 
     /// Bytes the table's three arrays hold (capacity, not count), for statistics.
     public var allocatedBytes: Int {
         entries.capacity * MemoryLayout<Conntrack>.stride
             + tags.capacity * MemoryLayout<Tag>.stride
-            + slots.capacity * MemoryLayout<UInt32>.stride
+            + index.allocatedBytes
     }
 }

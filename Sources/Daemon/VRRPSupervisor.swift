@@ -208,13 +208,7 @@ actor VRRPSupervisor {
     /// supervisor, which must follow at once (the backup takes over after Master_Down_Interval
     /// without adverts).
     func detachForReload(next: KeepstateConfig) async -> [String: VRRPState] {
-        stopped = true
-        linkThread?.stop()
-        linkThread = nil
-        linkChanges?.cancel()
-        linkChanges = nil
-        for t in scriptTasks { t.cancel() }
-        scriptTasks = []
+        stopTracking()
         var carried: [String: VRRPState] = [:]
         for (name, m) in members.sorted(by: { $0.key < $1.key }) {
             guard let spec = next.vrrpInstances.first(where: { $0.name == name }), Self.sameRouter(m.spec, spec) else {
@@ -236,10 +230,27 @@ actor VRRPSupervisor {
                 }
             }
         }
+        await finishStateStreams()
+        return carried
+    }
+
+    /// No more evaluations: the link watch and the script loops stop.
+    private func stopTracking() {
+        stopped = true
+        linkThread?.stop()
+        linkThread = nil
+        linkChanges?.cancel()
+        linkChanges = nil
+        for t in scriptTasks { t.cancel() }
+        scriptTasks = []
+    }
+
+    /// The runners' state streams deliver their last changes (and their notify scripts) and
+    /// end; then the notify scripts queued so far run to their end.
+    private func finishStateStreams() async {
         for t in stateTasks { await t.value }
         stateTasks = []
         await notifier.drain()
-        return carried
     }
 
     private func open(eventLoop: any EventLoop, willBecomeMaster: @escaping @Sendable ([String]) async -> Void) async throws {
@@ -655,18 +666,9 @@ actor VRRPSupervisor {
     /// Every instance leaves (a master sends priority 0 and removes its addresses), then the
     /// notify scripts queued so far run to their end.
     func shutdown() async {
-        stopped = true
-        linkThread?.stop()
-        linkThread = nil
-        linkChanges?.cancel()
-        linkChanges = nil
-        for t in scriptTasks { t.cancel() }
-        scriptTasks = []
+        stopTracking()
         for m in members.values { await m.runner.shutdown() }
-        // The state streams deliver the last changes (and their notify scripts) before they end.
-        for t in stateTasks { await t.value }
-        stateTasks = []
-        await notifier.drain()
+        await finishStateStreams()
     }
 }
 
