@@ -198,14 +198,21 @@ public enum ControlClient {
         var line = try encoder.encode(request)
         line.append(0x0A)
         let data = try exchange(line, socketPath: socketPath, timeout: timeout)
+        let reply: ControlReply
         do {
-            return try JSONDecoder().decode(ControlReply.self, from: data)
+            reply = try JSONDecoder().decode(ControlReply.self, from: data)
         } catch {
             if data.isEmpty {
                 throw Failure(description: "the daemon at \(socketPath) closed the connection without a reply: see its log (journalctl -u keepstate)")
             }
             throw Failure(description: "the daemon's reply was not understood (\(data.count) bytes): is this keepstate the same version as the daemon?")
         }
+        // A reply of another protocol version may mean other things by the same fields.
+        guard reply.version == ControlProtocol.version else {
+            throw Failure(description: "the daemon answered in control protocol version \(reply.version), this command speaks "
+                + "\(ControlProtocol.version): run the keepstate that matches the daemon, or restart the daemon (systemctl restart keepstate)")
+        }
+        return reply
     }
 
     /// Writes raw bytes and reads until the daemon closes (tests use it for malformed input).

@@ -36,3 +36,27 @@ struct ControlSocketTests {
         }
     }
 }
+
+@Suite("The control client")
+struct ControlClientVersionTests {
+    @Test("a reply of another protocol version is refused with what to do, not rendered")
+    func otherVersionRefused() async throws {
+        let dir = try TempDir()
+        let server = try await ControlServer.start(path: "\(dir.path)/v.sock", group: nil, eventLoops: MultiThreadedEventLoopGroup.singleton,
+                                                   logger: Logger(label: "t")) { _ in
+            var reply = ControlReply(ok: true)
+            reply.version = ControlProtocol.version + 1
+            return reply
+        }
+        let path = "\(dir.path)/v.sock"
+        let outcome: Result<ControlReply, any Error> = await Task.detached {
+            Result { try ControlClient.send(ControlRequest(command: .showState), socketPath: path, timeout: .seconds(5)) }
+        }.value
+        await server.close()
+        guard case .failure(let error) = outcome else {
+            Issue.record("a reply of version \(ControlProtocol.version + 1) was accepted")
+            return
+        }
+        #expect("\(error)".contains("control protocol version \(ControlProtocol.version + 1)"), "\(error)")
+    }
+}
