@@ -49,9 +49,13 @@ struct ControlClientVersionTests {
             return reply
         }
         let path = "\(dir.path)/v.sock"
-        let outcome: Result<ControlReply, any Error> = await Task.detached {
-            Result { try ControlClient.send(ControlRequest(command: .showState), socketPath: path, timeout: .seconds(5)) }
-        }.value
+        // Off the cooperative pool (a blocking call there can starve the daemon's handler).
+        let outcome: Result<ControlReply, any Error>
+        do {
+            outcome = .success(try await offPool { try ControlClient.send(ControlRequest(command: .showState), socketPath: path) })
+        } catch {
+            outcome = .failure(error)
+        }
         await server.close()
         guard case .failure(let error) = outcome else {
             Issue.record("a reply of version \(ControlProtocol.version + 1) was accepted")
