@@ -13,6 +13,7 @@
 #include "ks_batch.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
@@ -193,14 +194,28 @@ static int parse_datagram(const uint8_t *buf, size_t len, uint32_t seq, struct k
 
 enum { KS_EVENT_DATAGRAMS = 64, KS_EVENT_DATAGRAM_BYTES = 8192 };
 
-/// One receive area per event thread, made at its first read (64 datagrams of 8 KiB).
-static __thread uint8_t *event_area;
+/// One receive area per event thread (64 datagrams of 8 KiB), made at its first read and freed
+/// when the thread ends (a VRF's event thread ends with its dataplane).
+static pthread_key_t event_area_key;
+static pthread_once_t event_area_once = PTHREAD_ONCE_INIT;
+static void make_event_area_key(void) { pthread_key_create(&event_area_key, free); }
+
+static uint8_t *thread_event_area(void) {
+    pthread_once(&event_area_once, make_event_area_key);
+    uint8_t *area = pthread_getspecific(event_area_key);
+    if (!area) {
+        area = malloc((size_t)KS_EVENT_DATAGRAMS * KS_EVENT_DATAGRAM_BYTES);
+        if (area && pthread_setspecific(event_area_key, area) != 0) {
+            free(area);
+            area = NULL;
+        }
+    }
+    return area;
+}
 
 int ks_ct_read_events_fd(int fd, ks_ct_sink sink, void *context) {
-    if (!event_area) {
-        event_area = malloc((size_t)KS_EVENT_DATAGRAMS * KS_EVENT_DATAGRAM_BYTES);
-        if (!event_area) { errno = ENOMEM; return -1; }
-    }
+    uint8_t *event_area = thread_event_area();
+    if (!event_area) { errno = ENOMEM; return -1; }
     struct ks_batch *b = malloc(sizeof *b);
     if (!b) { errno = ENOMEM; return -1; }
     b->count = 0;

@@ -11,17 +11,22 @@ public struct IPProtocolNumber: RawRepresentable, Sendable, Hashable, CustomStri
     public static let sctp = IPProtocolNumber(rawValue: 132)
     public static let udplite = IPProtocolNumber(rawValue: 136)
 
-    /// The protocol a name (`tcp`, `udp`, `icmp`, `icmpv6`, `gre`, `sctp`, `udplite`, as
-    /// `description` gives them) or a number 0-255 stands for; nil otherwise.
+    /// The protocols with a name (`description`).
+    public static let named: [IPProtocolNumber] = [.tcp, .udp, .icmp, .icmpv6, .gre, .sctp, .udplite]
+
+    /// What `init(name:)` takes, for messages: the names, or a number.
+    public static var nameHelp: String {
+        named.map(\.description).joined(separator: ", ") + ", or a number 0-255"
+    }
+
+    /// The protocol a name (one of `named`'s) or a number 0-255 stands for; nil otherwise.
     public init?(name: String) {
         let lower = name.lowercased()
         if let n = UInt8(lower) {
             self.init(rawValue: n)
             return
         }
-        guard let known = [Self.icmp, .tcp, .udp, .gre, .icmpv6, .sctp, .udplite].first(where: { $0.description == lower }) else {
-            return nil
-        }
+        guard let known = Self.named.first(where: { $0.description == lower }) else { return nil }
         self = known
     }
 

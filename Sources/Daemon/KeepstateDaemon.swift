@@ -1,5 +1,5 @@
 import ConntrackModel
-import Config
+public import Config
 import Dataplane
 import Foundation
 import KernelDataplane
@@ -89,6 +89,21 @@ public actor KeepstateDaemon {
             "config": "\(options.configPath)", "vrfs": "\(config.vrfs.map(\.name).joined(separator: ","))",
             "socket": "\(options.socketPath)",
         ])
+    }
+
+    /// Each VRF's TLS files read as the sync engine reads them (certificate, key, CA; the key
+    /// matches the certificate): one `FILE:LINE:COL: error: ...` line per VRF whose files fail.
+    /// `check-config`, `run` and a reload all refuse a configuration that has any.
+    public static func tlsProblems(_ config: KeepstateConfig) -> [String] {
+        config.vrfs.compactMap { vrf in
+            guard let tls = vrf.sync?.tls else { return nil }
+            do {
+                _ = try TLSMaterial(caPath: tls.ca, certificatePath: tls.certificate, keyPath: tls.key)
+                return nil
+            } catch {
+                return "\(tls.certificateLocation): error: \(error)"
+            }
+        }
     }
 
     /// The VRRP instances of `config`, their sockets open, not started.
@@ -241,7 +256,7 @@ public actor KeepstateDaemon {
             var proto: IPProtocolNumber?
             if let name = request.proto {
                 guard let p = IPProtocolNumber(name: name) else {
-                    return .failure("unknown protocol \(name): give tcp, udp, icmp, icmpv6, gre, sctp, udplite or a number 0-255")
+                    return .failure("unknown protocol \(name): give \(IPProtocolNumber.nameHelp)")
                 }
                 proto = p
             }
@@ -310,17 +325,9 @@ public actor KeepstateDaemon {
             logger.error("reload refused; the running configuration stays", metadata: ["error": "\(error)"])
             return .failure("reload refused, the running configuration stays:\n\(error)")
         }
-        // The TLS files as `check-config` reads them (certificate, key, CA; the key matches the
-        // certificate): a VRF whose new files fail would otherwise stop syncing after an `ok`.
-        var tlsProblems: [String] = []
-        for vrf in new.vrfs {
-            guard let tls = vrf.sync?.tls else { continue }
-            do {
-                _ = try TLSMaterial(caPath: tls.ca, certificatePath: tls.certificate, keyPath: tls.key)
-            } catch {
-                tlsProblems.append("\(tls.certificateLocation): error: \(error)")
-            }
-        }
+        // The TLS files as `check-config` reads them: a VRF whose new files fail would otherwise
+        // stop syncing after an `ok`.
+        let tlsProblems = Self.tlsProblems(new)
         if !tlsProblems.isEmpty {
             let text = tlsProblems.joined(separator: "\n")
             logger.error("reload refused; the running configuration stays", metadata: ["error": "\(text)"])

@@ -103,6 +103,8 @@ final class VRFRuntime {
         }
         guard let sync, let settings, let tls else {
             updateRulesetWatcher(engine: nil)
+            // No engine decides any more: the table is followed whole.
+            dataplane.setEventScope(.all)
             return
         }
         let engine = SyncEngine(settings: settings, tls: tls, dataplane: dataplane, group: group, logger: logger,

@@ -2,7 +2,6 @@ import ArgumentParser
 import Config
 import Daemon
 import Foundation
-import SyncEngine
 
 struct CheckConfig: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -46,17 +45,9 @@ struct CheckConfig: ParsableCommand {
         for r in refusals { FileHandle.standardError.write(Data("\(r)\n".utf8)) }
         if !refusals.isEmpty { throw KeepstateExit.invalidConfig }
         if files {
-            var failed = false
-            for vrf in config.vrfs {
-                guard let tls = vrf.sync?.tls else { continue }
-                do {
-                    _ = try TLSMaterial(caPath: tls.ca, certificatePath: tls.certificate, keyPath: tls.key)
-                } catch {
-                    FileHandle.standardError.write(Data("\(tls.certificateLocation): error: \(error)\n".utf8))
-                    failed = true
-                }
-            }
-            if failed { throw KeepstateExit.invalidConfig }
+            let problems = KeepstateDaemon.tlsProblems(config)
+            for p in problems { FileHandle.standardError.write(Data("\(p)\n".utf8)) }
+            if !problems.isEmpty { throw KeepstateExit.invalidConfig }
         }
         return config
     }

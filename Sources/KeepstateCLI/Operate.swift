@@ -223,7 +223,7 @@ struct ShowConntracks: ParsableCommand {
             """)
     @OptionGroup var socket: SocketOptions
     @Option(help: "Only this VRF.") var vrf: String?
-    @Option(help: "Only this protocol: tcp, udp, icmp, icmpv6, gre, sctp, udplite, or a number 0-255.") var proto: String?
+    @Option(help: ArgumentHelp("Only this protocol: \(IPProtocolNumber.nameHelp).")) var proto: String?
     @Flag(help: "Also list the conntracks that are not synced, with the reason.") var unsynced = false
     @Option(help: "With --unsynced: list at most this many per VRF (the counts cover all).")
     var limit = ControlRequest.defaultUnsyncedLimit
@@ -232,7 +232,7 @@ struct ShowConntracks: ParsableCommand {
     func validate() throws {
         if limit < 0 { throw ValidationError("--limit must be 0 or more") }
         if let proto, IPProtocolNumber(name: proto) == nil {
-            throw ValidationError("--proto \(proto) is not a protocol: give tcp, udp, icmp, icmpv6, gre, sctp, udplite or a number 0-255")
+            throw ValidationError("--proto \(proto) is not a protocol: give \(IPProtocolNumber.nameHelp)")
         }
     }
 

@@ -6,8 +6,6 @@ import SyncEngine
 /// send the request and write the result. The golden tests (Tests/KeepstateCLITests/Golden)
 /// hold these outputs for fixed replies. (`state` and `conntracks` are in Operate.swift.)
 extension ShowRender {
-    /// Standard output of a `show` command for an `ok` reply: the indented tree, ending with a
-    /// newline.
     /// What an `ok` reply lacks for `command`, if anything: a daemon of another version that
     /// answers without the part this client renders (the output would otherwise claim "no VRRP
     /// configured" or print nothing).
@@ -21,6 +19,8 @@ extension ShowRender {
         }
     }
 
+    /// Standard output of a `show` command for an `ok` reply: the indented tree, ending with a
+    /// newline.
     public static func human(_ reply: ControlReply, for command: ControlCommand) -> String {
         let text: String
         switch command {

@@ -32,6 +32,9 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         var problemHandler: (@Sendable (String?) -> Void)?
         var eventsSeen = 0
         var eventScope = DataplaneEventScope.all
+        /// Joining the creation and update events failed: the table is followed only by the
+        /// periodic reconciliation until a later scope change succeeds.
+        var scopeProblem: String?
         /// Set when the scope became `.all` again: a reconciliation runs at once (what changed
         /// while only deletions were followed), and the periodic ones count from it.
         var reconcileNow = false
@@ -102,9 +105,14 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
 
     /// A backup (`.deletions`) leaves the kernel's creation and update event groups: this thread
     /// reads no echo of the holder's writes (and the kernel builds none when no other socket of
-    /// the host listens to those groups; its listener list is one for all namespaces). The mirror takes those writes directly (`write`). What else
-    /// changes meanwhile (a conntrack of the backup's own traffic, a state change by a packet
-    /// crossing it) shows at the next reconciliation; deletions are followed all along.
+    /// the host listens to those groups; its listener list is one for all namespaces). The
+    /// mirror takes those writes directly (`write`). What else changes meanwhile (a conntrack of
+    /// the backup's own traffic, a state change by a packet crossing it) shows at the
+    /// reconciliation that widening the scope starts with; deletions are followed all along.
+    ///
+    /// The scope is what was asked even when the socket option fails. A failed join is a
+    /// `dataplaneError` (logged by the daemon): creations and updates then show only at the
+    /// periodic reconciliations. A failed leave only costs the echoes' reading.
     public func setEventScope(_ scope: DataplaneEventScope) {
         let changed = state.withLock { s in
             defer { s.eventScope = scope }
@@ -112,14 +120,19 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
             return s.eventScope != scope
         }
         guard changed else { return }
+        var problem: String?
         do {
             try events.setCreationAndUpdateEvents(scope == .all)
         } catch {
-            state.withLock { s in
-                s.eventScope = .all
-                s.lastError = "\(error)"
+            if scope == .all {
+                problem = "\(error): " + (reconcileInterval > 0
+                    ? "creations and updates of conntracks are seen only every \(reconcileInterval) s, by the periodic reconciliation"
+                    : "creations and updates of conntracks are not seen (no periodic reconciliation)")
             }
+            state.withLock { $0.lastError = "\(error)" }
         }
+        state.withLock { $0.scopeProblem = problem }
+        reportProblemChange()
     }
 
     public var eventScope: DataplaneEventScope { state.withLock { $0.eventScope } }
@@ -156,7 +169,7 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
     }
 
     private static func problem(_ s: State) -> String? {
-        s.namespaceProblem ?? (s.reconcileFailing ? s.lastError : nil)
+        s.namespaceProblem ?? s.scopeProblem ?? (s.reconcileFailing ? s.lastError : nil)
     }
 
     /// Tells the handler when `dataplaneError` changed since it was last told (outside the lock).

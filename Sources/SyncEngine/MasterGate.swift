@@ -293,7 +293,7 @@ final class MasterGate: @unchecked Sendable {
                 if heldList.isEmpty {
                     for c in mirror { _ = policy.changed(c, at: now) }
                 } else {
-                    let held = Set(heldList)
+                    let held = ConntrackKeySet(heldList)
                     for c in mirror {
                         if held.contains(c.key) {
                             policy.adoptSynced(CollectionOfOne(c.key))

@@ -234,8 +234,6 @@ public final class SyncEngine: Sendable {
         startSending()
     }
 
-    /// Master: send the table (each connection resyncs its share, then streams updates).
-    /// Backup: stop sending; keep receiving.
     /// A holding backup's own writes make the creations and updates of its table: it follows
     /// deletions only. A master follows everything: at once, or, after a takeover
     /// (`prepareTakeover`), once the re-arm is done. The re-arm writes a timeout into every held
@@ -261,6 +259,8 @@ public final class SyncEngine: Sendable {
         if widen { dataplane.setEventScope(.all) }
     }
 
+    /// Master: send the table (each connection resyncs its share, then streams updates).
+    /// Backup: stop sending; keep receiving.
     public func setRole(_ role: SyncRole) {
         let old = state.withLock { s in
             defer { s.role = role }
@@ -384,8 +384,9 @@ public final class SyncEngine: Sendable {
         }
         await listener?.close()
         holder?.stop()
-        // What follows (a new engine after a reload, or none) starts from the full scope.
-        dataplane.setEventScope(.all)
+        // The event scope stays: a new engine (after a reload) sets its own, and a VRF that no
+        // longer syncs widens it (`VRFRuntime`). Widening here would start a reconciliation
+        // (a dump of the whole table, holding the writes) that the next engine does not want.
     }
 }
 
