@@ -221,6 +221,24 @@ int ks_rt_link_set_up(ks_rt *rt, int32_t index, int up) {
     return r < 0 ? fail(rt, r) : 0;
 }
 
+int ks_rt_bridge_port_set_state(ks_rt *rt, int32_t index, uint8_t state) {
+    rt->kernel_errno = 0;
+    // What `bridge link set dev PORT state N` sends: RTM_SETLINK of family AF_BRIDGE with the
+    // port's state nested in IFLA_PROTINFO.
+    struct nl_msg *msg = nlmsg_alloc_simple(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK);
+    if (!msg) return fail(rt, -NLE_NOMEM);
+    struct ifinfomsg ifi = { .ifi_family = AF_BRIDGE, .ifi_index = index };
+    int r = nlmsg_append(msg, &ifi, sizeof(ifi), NLMSG_ALIGNTO);
+    struct nlattr *info = r < 0 ? NULL : nla_nest_start(msg, IFLA_PROTINFO | NLA_F_NESTED);
+    if (!info) r = r < 0 ? r : -NLE_NOMEM;
+    if (r == 0) r = nla_put_u8(msg, IFLA_BRPORT_STATE, state);
+    if (r == 0) r = nla_nest_end(msg, info);
+    if (r == 0) r = nl_send_auto(rt->sk, msg);
+    nlmsg_free(msg);
+    if (r >= 0) r = nl_wait_for_ack(rt->sk);
+    return r < 0 ? fail(rt, r) : 0;
+}
+
 int ks_rt_macvlan_add(ks_rt *rt, const char *name, int32_t parent, const uint8_t mac[6]) {
     rt->kernel_errno = 0;
     struct rtnl_link *l = rtnl_link_macvlan_alloc();

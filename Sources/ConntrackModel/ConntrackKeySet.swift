@@ -22,6 +22,21 @@ public struct ConntrackKeySet: Sendable, Sequence {
         for k in keys { insert(k) }
     }
 
+    /// A set of `keys`, which must be distinct (the keys of one table, say; a repeated key would
+    /// be stored twice). No key is compared, and they are placed in the order of their home
+    /// slots (`SlotIndex.homeOrder`), so that the index and the key array are written nearly
+    /// sequentially: a node taking over a table of 1,000,000 builds its sets this way.
+    public init(distinct keys: [ConntrackKey]) {
+        self.init(minimumCapacity: keys.count)
+        let seed = self.seed
+        let hashes = keys.map { Self.hash($0, seed: seed) }
+        for i in index.homeOrder(hashes) {
+            let slot = index.find(hash: hashes[i]) { _ in false }.slot
+            index.set(slot, entry: self.keys.count)
+            self.keys.append(keys[i])
+        }
+    }
+
     public var count: Int { keys.count }
     public var isEmpty: Bool { keys.isEmpty }
 
@@ -40,6 +55,19 @@ public struct ConntrackKeySet: Sendable, Sequence {
     }
 
     public func contains(_ key: ConntrackKey) -> Bool { findSlot(key).entry != nil }
+
+    /// Whether each of `keys` is in the set, in their order. The batch is probed in the order of
+    /// home slots, as `init(distinct:)` places keys: a large one reads the index and the keys
+    /// nearly sequentially.
+    public func containsEach(_ keys: [ConntrackKey]) -> [Bool] {
+        let seed = self.seed
+        let hashes = keys.map { Self.hash($0, seed: seed) }
+        var out = [Bool](repeating: false, count: keys.count)
+        for i in index.homeOrder(hashes) {
+            out[i] = index.find(hash: hashes[i]) { self.keys[$0] == keys[i] }.entry != nil
+        }
+        return out
+    }
 
     /// Inserts `key`; false when it was there already.
     @discardableResult

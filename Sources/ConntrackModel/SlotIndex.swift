@@ -36,6 +36,26 @@ struct SlotIndex: Sendable {
         }
     }
 
+    /// The indices of `hashes` ordered by the region of their home slot (a counting sort on the
+    /// home's top 16 bits). Probing a large batch in this order walks the slots, and the
+    /// entries of an owner that placed them in the same order, nearly sequentially instead of
+    /// at random: one cache miss per key fewer, the cost of a takeover's set operations.
+    func homeOrder(_ hashes: [UInt64]) -> [Int] {
+        let bits = mask.nonzeroBitCount
+        let regionBits = min(bits, 16)
+        let shift = bits - regionBits
+        var starts = [Int](repeating: 0, count: (1 << regionBits) + 1)
+        for h in hashes { starts[(home(h) >> shift) + 1] += 1 }
+        for r in 1..<starts.count { starts[r] += starts[r - 1] }
+        var order = [Int](repeating: 0, count: hashes.count)
+        for (i, h) in hashes.enumerated() {
+            let r = home(h) >> shift
+            order[starts[r]] = i
+            starts[r] += 1
+        }
+        return order
+    }
+
     /// Points `slot` at entry `entry`.
     mutating func set(_ slot: Int, entry: Int) { slots[slot] = UInt32(entry + 1) }
 

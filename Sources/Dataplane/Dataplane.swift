@@ -23,6 +23,13 @@ public protocol Dataplane: AnyObject, Sendable {
     /// the result, and every change not reflected is delivered after.
     func snapshot(share: Int, of count: Int) -> [Conntrack]
 
+    /// The keys of the whole table as `snapshot(share: 0, of: 1)` has them, without the rest of
+    /// each conntrack (a node taking over sorts its table by key first).
+    func snapshotKeys() -> [ConntrackKey]
+
+    /// The conntracks of `keys` as `snapshot` has them; keys not in the table are left out.
+    func snapshot(keys: [ConntrackKey]) -> [Conntrack]
+
     /// Registers a sink for the table's changes, delivered in the order they happened, in
     /// batches. The sink runs on the dataplane's own thread and must not block.
     func subscribe(_ sink: @escaping @Sendable ([ConntrackUpdate]) -> Void) -> DataplaneSubscription
@@ -86,6 +93,14 @@ extension Dataplane {
     public func onProblemChange(_ handler: @escaping @Sendable (String?) -> Void) {}
     public func stop() {}
     public func setEventScope(_ scope: DataplaneEventScope) {}
+
+    public func snapshotKeys() -> [ConntrackKey] { snapshot(share: 0, of: 1).map(\.key) }
+
+    public func snapshot(keys: [ConntrackKey]) -> [Conntrack] {
+        guard !keys.isEmpty else { return [] }
+        let wanted = ConntrackKeySet(keys)
+        return snapshot(share: 0, of: 1).filter { wanted.contains($0.key) }
+    }
 
     /// A fallback for dataplanes without a way to read single entries: a dump, filtered. The
     /// kernel and memory dataplanes read just the keys.
@@ -175,6 +190,11 @@ public struct SubscriberList: Sendable {
 }
 
 extension ConntrackTable {
+    /// The entries of `keys` that the table has, in the order of `keys`.
+    public func entries(of keys: [ConntrackKey]) -> [Conntrack] {
+        keys.compactMap { self[$0] }
+    }
+
     /// The entries that `ConntrackKey.share(of: count) == share`: one sync connection's part.
     public func entries(inShare share: Int, of count: Int) -> [Conntrack] {
         var out: [Conntrack] = []

@@ -30,6 +30,14 @@ public final class MemoryDataplane: Dataplane {
         state.withLock { $0.table.entries(inShare: share, of: count) }
     }
 
+    public func snapshotKeys() -> [ConntrackKey] {
+        state.withLock { $0.table.entries.map(\.key) }
+    }
+
+    public func snapshot(keys: [ConntrackKey]) -> [Conntrack] {
+        state.withLock { $0.table.entries(of: keys) }
+    }
+
     public func get(_ keys: [ConntrackKey]) -> DataplaneReading {
         state.withLock { s in
             var out = DataplaneReading()

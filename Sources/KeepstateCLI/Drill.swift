@@ -16,7 +16,7 @@ struct Drill: ParsableCommand {
             `keepstate run` with VRRP and the conntrack sync over TLS (certificates from \
             `keepstate pki`). TCP and UDP flows exchange a message every 50 ms; the master's \
             table is filled with background conntracks; then the master fails as a machine does \
-            (all links down at once, its daemon killed), comes back (empty table, daemon \
+            (cut off from every segment at once, its daemon killed), comes back (empty table, daemon \
             restarted) and the drill watches the resync and the failback. A control run without \
             the sync shows the flows die there. Prints a report; exits 1 when an expectation \
             fails, 2 when the drill could not run. Root only; removes everything it made, also \
@@ -49,7 +49,8 @@ struct Drill: ParsableCommand {
     }
 
     enum Failure: String, ExpressibleByArgument, CaseIterable {
-        /// All links down at once and the daemon killed; back as after a reboot.
+        /// Cut off at once (its ports on the bridges stop forwarding) and the daemon killed;
+        /// back as after a reboot.
         case power
         /// All links down at once, the daemon left running; back with the links up.
         case links
@@ -63,9 +64,10 @@ struct Drill: ParsableCommand {
     @Option(help: "What moves the addresses: vrrp (the daemon), or static (development only: the drill does, with set-state).")
     var ha: HA = .vrrp
     @Option(help: ArgumentHelp(
-        "power: the master's links all go down at once and its daemon is killed; it comes back as after a reboot "
-            + "(empty table, no addresses, daemon started). links: the same links down with the daemon left running; "
-            + "it comes back with its links up."))
+        "power: the master is cut off from every segment at once (its ports on the bridges stop forwarding) and its "
+            + "daemon is killed; it comes back as after a reboot (empty table, no addresses, daemon started). links: its "
+            + "own links go down with the daemon left running; it comes back with its links up (in this shared kernel, a "
+            + "link going down also walks every namespace's conntrack table: see docs/drill.md)."))
     var failure: Failure = .power
     @Flag(help: "Skip the control run (sync off).") var noControl = false
     @Flag(help: "Skip the return of the failed router.") var noFailback = false
@@ -446,7 +448,7 @@ struct DrillRun {
         client.send("mark \(failure)")
         topo.killAll(frozen)
         if drill.failure == .power { r1.daemon?.kill() }
-        say("r1 failed: links down\(drill.failure == .power ? ", daemon killed" : "")")
+        say("r1 failed: \(drill.failure == .power ? "cut off, daemon killed" : "links down")")
         switch drill.ha {
         case .static:
             try r2.setState("master")
@@ -469,14 +471,15 @@ struct DrillRun {
             let returned: UInt64
             switch drill.failure {
             case .power:
-                // The return of a machine that lost power: empty table, no addresses, links up, daemon started.
+                // The return of a machine that lost power: empty table, no addresses, back on the
+                // network, daemon started.
                 try topo.flushConntrack(topo.r1)
                 try topo.removeVIPs(topo.r1)
                 returned = monotonicNanoseconds()
-                try topo.linksUp(topo.r1)
+                try topo.portsForwarding(topo.r1)
                 client.send("mark \(returned)")
                 try startDaemon(r1, config: writeConfig(r1, peer: topo.r2, master: drill.ha == .vrrp))
-                say("r1 back: links up, daemon restarted")
+                say("r1 back: on the network again, daemon restarted")
             case .links:
                 // The links come back under a daemon that never stopped. The static driver has
                 // no election: the drill makes r1 backup first, as an operator would.
@@ -640,6 +643,7 @@ struct DrillRun {
         report.tcp = DrillAnalysis.atFailure(flows, seen, proto: "tcp", failure: failure, windowEnd: windowEnd, bound: drill.stallBound)
         report.udp = DrillAnalysis.atFailure(flows, seen, proto: "udp", failure: failure, windowEnd: windowEnd, bound: drill.stallBound)
         report.allAnsweredSeconds = DrillAnalysis.allAnswered(flows, failure: failure, windowEnd: windowEnd)
+        report.clientLateSeconds = DrillAnalysis.seconds(flows.lateAfterMark)
         return (flows, seen)
     }
 

@@ -198,8 +198,8 @@ extension DrillRun {
         report.backupHeld = conntrackdCount(b, cache: "external")
         dumpFlows(topo, "before-failure")
 
-        // The failure, as in the other runs (`--failure`): power, r1's processes frozen, its links
-        // down, the processes killed; links, only the links down.
+        // The failure, as in the other runs (`--failure`): power, r1's processes frozen, its ports
+        // on the bridges disabled, the processes killed; links, only its links down.
         let rtos = topo.clientRTOs()
         report.clientRTOMedianMs = DrillAnalysis.median(rtos)
         report.clientRTOMaxMs = rtos.max()
@@ -211,7 +211,7 @@ extension DrillRun {
             r1.keepalived?.kill()
             r1.conntrackd?.kill()
         }
-        say("r1 failed: links down\(power ? ", keepalived and conntrackd killed" : "")")
+        say("r1 failed: \(power ? "cut off, keepalived and conntrackd killed" : "links down")")
         report.survivorMasterSeconds = timeTakeover(since: failure, r2HasVIPs)
         say("r2 has the addresses after \(DrillAnalysis.fmt(report.survivorMasterSeconds)) s")
         watchFlows(client, since: failure)

@@ -10,8 +10,9 @@ public struct DrillSettings: Codable, Sendable, Equatable {
     public var background: Int
     /// `vrrp` or `static` (development only: the drill moves the addresses itself).
     public var ha: String
-    /// What the failure is: `power` (all links down at once, then the daemon killed; back as
-    /// after a reboot) or `links` (all links down at once, the daemon left running).
+    /// What the failure is: `power` (cut off from every segment at once, its ports on the bridges
+    /// disabled, then the daemon killed; back as after a reboot) or `links` (all its links down
+    /// at once, the daemon left running).
     public var failure: String
     public var stallBound: Double
     public var observe: Double
@@ -34,6 +35,11 @@ public struct DrillFlowSummary: Codable, Sendable, Equatable {
     /// Seconds without a reply across the event, over flows that answered again.
     public var stallMedian: Double?
     public var stallMax: Double?
+    /// The same stall by the kernel's receive time of the replies on the clients' host instead
+    /// of the generator's read: the network's part, without the generator's wait for a CPU
+    /// (every namespace of the drill shares this machine's cores with both routers).
+    public var kernelStallMedian: Double?
+    public var kernelStallMax: Double?
     /// UDP messages without a reply (whole run), and the most of one flow.
     public var lost: Int?
     public var lostMaxPerFlow: Int?
@@ -94,6 +100,9 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
     /// from `ss -ti`): a surviving flow's stall is set by them once the takeover is done.
     public var clientRTOMedianMs: Double?
     public var clientRTOMaxMs: Double?
+    /// The client generator's longest wake-up delay after the failure (seconds; it wakes every
+    /// 2 ms): how long it waited for a CPU while the flows stalled.
+    public var clientLateSeconds: Double?
     public var tcp: DrillFlowSummary
     public var udp: DrillFlowSummary
     public var failback: DrillFailback?
@@ -205,6 +214,7 @@ enum DrillAnalysis {
                           windowEnd: UInt64, bound: Double) -> DrillFlowSummary {
         var s = DrillFlowSummary()
         var stalls: [Double] = []
+        var kernelStalls: [Double] = []
         let seen = Dictionary(uniqueKeysWithValues: (server?.udpFlows ?? []).map { ($0.flow, $0) })
         for f in client.flows where f.proto == proto {
             s.total += 1
@@ -219,11 +229,16 @@ enum DrillAnalysis {
             let before = (f.markBefore.first ?? nil) ?? f.firstReply!
             let stall = seconds(after - before)
             stalls.append(stall)
+            if let kAfter = f.kernelMarkAfter.first ?? nil, let kBefore = (f.kernelMarkBefore.first ?? nil) ?? f.firstReply, kAfter > kBefore {
+                kernelStalls.append(seconds(kAfter - kBefore))
+            }
             if stall > bound { s.stalled += 1; continue }
             if !reNATed { s.survived += 1 }
         }
         s.stallMedian = median(stalls)
         s.stallMax = stalls.max()
+        s.kernelStallMedian = median(kernelStalls)
+        s.kernelStallMax = kernelStalls.max()
         if proto == "udp" {
             let flows = client.flows.filter { $0.proto == "udp" }
             s.lost = flows.reduce(0) { $0 + max(0, $1.sent - $1.received) }
@@ -335,7 +350,7 @@ enum DrillAnalysis {
         out += s.ha == "static" ? " (DEVELOPMENT ONLY: the drill moves the addresses, no VRRP)" : " (VRRP, advert_int 0.1)"
         out += s.failure == "links"
             ? "\nfailure: all links of the master down at once, its daemon left running (links); "
-            : "\nfailure: all links of the master down at once, its daemon killed (power loss); "
+            : "\nfailure: the master cut off from every segment at once (its bridge ports disabled), its daemon killed (power loss); "
         out += "stall bound \(fmt(s.stallBound)) s\n\n"
         func f(_ d: Double?) -> String { d.map { fmt($0) } ?? "-" }
         func n(_ i: Int?) -> String { i.map(String.init) ?? "-" }
@@ -354,6 +369,8 @@ enum DrillAnalysis {
         rows.append(("TCP reset", runs.map { "\($0.tcp.reset)" }))
         rows.append(("TCP stalled > bound or silent", runs.map { "\($0.tcp.stalled)" }))
         rows.append(("TCP stall median / max (s)", runs.map { "\(f($0.tcp.stallMedian)) / \(f($0.tcp.stallMax))" }))
+        rows.append(("  by kernel receive time (s)", runs.map { "\(f($0.tcp.kernelStallMedian)) / \(f($0.tcp.kernelStallMax))" }))
+        rows.append(("  client generator's longest wake-up delay (s)", runs.map { f($0.clientLateSeconds) }))
         rows.append(("client TCP RTO at failure, median / max (ms)",
                      runs.map { r in r.clientRTOMedianMs.map { "\(Int($0.rounded())) / \(Int((r.clientRTOMaxMs ?? $0).rounded()))" } ?? "-" }))
         rows.append(("UDP survived (same NAT port)", runs.map { "\($0.udp.survived)/\($0.udp.total)" }))

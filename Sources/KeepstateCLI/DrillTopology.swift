@@ -9,8 +9,8 @@ import NetlinkRoute
 ///                           bin (inside)            bout (outside)
 ///        ┌──────── r1in ────┤                             ├──── r1out ───────┐
 ///        │         r2in ────┘                             └──── r2out ──┐    │
-///  r1: in0 100.64.0.2   out0 198.51.100.2   sync0 10.150.0.1 ─────┐     │    │
-///  r2: in0 100.64.0.3   out0 198.51.100.3   sync0 10.150.0.2 ─────┘ (direct veth)
+///  r1: in0 100.64.0.2   out0 198.51.100.2   sync0 10.150.0.1 ── r1sync ─┐ bsync (bridge ns)
+///  r2: in0 100.64.0.3   out0 198.51.100.3   sync0 10.150.0.2 ── r2sync ─┘
 ///  virtual addresses (on the master): 100.64.0.1/24 on in0, 198.51.100.1/24 on out0
 /// ```
 ///
@@ -87,7 +87,7 @@ final class DrillTopology {
             try Shell.must(["ip", "-n", ns, "link", "set", "lo", "up"])
         }
         var br: [String] = []
-        for b in ["bin", "bout"] {
+        for b in ["bin", "bout", "bsync"] {
             br.append("link add \(b) type bridge stp_state 0 forward_delay 0 mcast_snooping 0")
             br.append("link set \(b) up")
         }
@@ -105,8 +105,8 @@ final class DrillTopology {
             try attach(r.netns, "in0", port: "\(r.name)in", on: "bin")
             try attach(r.netns, "out0", port: "\(r.name)out", on: "bout")
         }
-        // The sync link: a veth straight from r1 to r2.
-        try Shell.must(["ip", "-n", r1.netns, "link", "add", "sync0", "type", "veth", "peer", "name", "sync0", "netns", r2.netns])
+        // The sync link: a segment of its own (a bridge, as a switch or a crossover cable).
+        for r in [r1, r2] { try attach(r.netns, "sync0", port: "\(r.name)sync", on: "bsync") }
 
         try Shell.ipBatch(["addr add \(Self.client)/24 dev c0", "route add default via \(Self.insideVIP)"], netns: clients)
         try Shell.ipBatch(["addr add \(Self.server)/24 dev s0"], netns: serverNS)
@@ -133,23 +133,46 @@ final class DrillTopology {
         try Shell.must(["ip", "netns", "exec", netns, "sh", "-c", script])
     }
 
-    /// The failure of router `r`, as one step: with `power`, every process in its namespace
-    /// stops at once (SIGSTOP: none reacts to its links going down; a VRRP daemon would send
-    /// priority 0 on a link still up for a few microseconds, which a machine without power never
-    /// does), then all of its links go down (in-process netlink: three messages). The netlink
-    /// socket and the process list are taken first, so that the stop and the links going down
+    /// The failure of router `r`, as one step.
+    ///
+    /// `power`: every process in its namespace stops at once (SIGSTOP: none reacts to the
+    /// failure; a VRRP daemon would send priority 0 on a link still up for a few microseconds,
+    /// which a machine without power never does), then its three ports on the bridges stop
+    /// forwarding (in-process netlink: three messages): what the network sees of a machine that
+    /// lost power. Its links are not set down: in this one kernel, shared by both routers, a
+    /// link going down makes a kernel worker walk the conntrack hash of every namespace
+    /// (nf_nat_masquerade's device notifier, built into the kernel), which with 1,000,000
+    /// entries per router took a whole CPU for over 4 s right when the survivor takes over. A
+    /// real standby never pays for its peer's links.
+    ///
+    /// Without `power` (`--failure links`): r's own links go down, its processes keep running.
+    ///
+    /// The netlink sockets and the process list are taken first, so that the stop and the cut
     /// are microseconds apart even on a loaded machine (opened in between, a 0.2 s gap let the
     /// stopped router forward while its peer already counted its silence). Returns the instant
     /// just before the first of them, and the stopped processes, for `killAll`.
     func fail(_ r: Router, power: Bool) throws -> (at: UInt64, stopped: [pid_t]) {
-        let nl = try NetlinkRoute(netnsPath: "/run/netns/\(r.netns)")
+        let nl = try NetlinkRoute(netnsPath: "/run/netns/\(power ? bridge : r.netns)")
         let pids = power
             ? try Shell.must(["ip", "netns", "pids", r.netns]).split(whereSeparator: \.isWhitespace).compactMap { pid_t($0) }
             : []
         let t = monotonicNanoseconds()
         for p in pids { kill(p, SIGSTOP) }
-        for i in Self.routerInterfaces { try nl.setLink(named: i, up: false) }
+        if power {
+            for port in Self.ports(of: r) { try nl.setBridgePort(named: port, forwarding: false) }
+        } else {
+            for i in Self.routerInterfaces { try nl.setLink(named: i, up: false) }
+        }
         return (t, pids)
+    }
+
+    /// Router `r`'s ports on the bridges (inside, outside, sync).
+    static func ports(of r: Router) -> [String] { ["\(r.name)in", "\(r.name)out", "\(r.name)sync"] }
+
+    /// The return of a router that `fail(_:power: true)` cut off: its ports forward again.
+    func portsForwarding(_ r: Router) throws {
+        let nl = try NetlinkRoute(netnsPath: "/run/netns/\(bridge)")
+        for port in Self.ports(of: r) { try nl.setBridgePort(named: port, forwarding: true) }
     }
 
     /// The retransmission timeouts (ms) of the clients' established TCP connections to the

@@ -74,6 +74,41 @@ enum DrillWire {
 
     static func errorName(_ e: Int32) -> String { String(cString: strerror(e)) }
 
+    /// SO_TIMESTAMPNS (asm-generic/socket.h: SO_TIMESTAMPNS_OLD, the 64-bit timespec on 64-bit
+    /// hosts); Glibc's macro chooses it by an expression Swift does not import. Its control
+    /// message type (SCM_TIMESTAMPNS) is the same number.
+    static let soTimestampNS: Int32 = 35
+
+    /// recv(2) through recvmsg(2), returning in `kernelTime` the kernel's receive time of the
+    /// data (CLOCK_REALTIME ns, from SO_TIMESTAMPNS; 0 when the kernel gave none).
+    static func receive(_ fd: Int32, _ buf: inout [UInt8], kernelTime: inout UInt64) -> Int {
+        // cmsghdr (len: size_t, level: int, type: int) then the timespec, 8-aligned: 16 + 16 bytes.
+        var control = [UInt64](repeating: 0, count: 8)
+        return buf.withUnsafeMutableBytes { data in
+            control.withUnsafeMutableBytes { ctl in
+                var iov = iovec(iov_base: data.baseAddress, iov_len: data.count)
+                return withUnsafeMutablePointer(to: &iov) { iovp in
+                    var msg = msghdr()
+                    msg.msg_iov = iovp
+                    msg.msg_iovlen = 1
+                    msg.msg_control = ctl.baseAddress
+                    msg.msg_controllen = ctl.count
+                    let n = recvmsg(fd, &msg, 0)
+                    guard n > 0, msg.msg_controllen >= 32 else { return n }
+                    let len = ctl.load(fromByteOffset: 0, as: Int.self)
+                    let level = ctl.load(fromByteOffset: 8, as: Int32.self)
+                    let type = ctl.load(fromByteOffset: 12, as: Int32.self)
+                    if len >= 32, level == SOL_SOCKET, type == soTimestampNS {
+                        let sec = ctl.load(fromByteOffset: 16, as: Int64.self)
+                        let nsec = ctl.load(fromByteOffset: 24, as: Int64.self)
+                        if sec > 0 { kernelTime = UInt64(sec) * 1_000_000_000 + UInt64(nsec) }
+                    }
+                    return n
+                }
+            }
+        }
+    }
+
     /// Writes one line to standard output at once.
     static func say(_ line: String) {
         let bytes = Array((line + "\n").utf8)
@@ -167,6 +202,11 @@ public struct DrillFlowRecord: Codable, Sendable, Equatable {
     /// mark's time, and the first reply to a message sent after it (nil: none yet).
     public var markBefore: [UInt64?]
     public var markAfter: [UInt64?]
+    /// The same two per mark, by the kernel's receive time of the reply (SO_TIMESTAMPNS) instead
+    /// of the moment the generator read it: what the network did, without the generator's own
+    /// scheduling delay on a busy machine. Empty from a generator that had none.
+    public var kernelMarkBefore: [UInt64?] = []
+    public var kernelMarkAfter: [UInt64?] = []
 }
 
 public struct DrillClientReport: Codable, Sendable, Equatable {
@@ -175,6 +215,9 @@ public struct DrillClientReport: Codable, Sendable, Equatable {
     public var marks: [UInt64]
     public var gapThreshold: UInt64
     public var flows: [DrillFlowRecord]
+    /// The client loop's longest wake-up delay between the first mark and the second (ns): how long
+    /// the generator waited for a CPU between the failure and the return.
+    public var lateAfterMark: UInt64 = 0
 }
 
 /// The client's answer to `since T`.
@@ -407,7 +450,7 @@ struct FlowClient {
         var partial: [UInt8] = []
         /// The last few replies (reply time, the message's send time), for marks that arrive a
         /// little after their time.
-        var recent: [(reply: UInt64, sent: UInt64)] = []
+        var recent: [(reply: UInt64, kernel: UInt64, sent: UInt64)] = []
         /// The send time of the newest message answered.
         var lastAnsweredSent: UInt64 = 0
     }
@@ -419,6 +462,12 @@ struct FlowClient {
     var marks: [UInt64] = []
     var stdin = StdinLines()
     var announcedReady = false
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC (ns): turns the kernel's receive timestamps
+    /// (realtime) into the drill's clock.
+    let realtimeOffset: Int64
+    /// The loop's longest lateness between the first mark and the second (ns): how long the generator
+    /// itself waited for a CPU between the failure and the return.
+    var lateAfterMark: UInt64 = 0
 
     init(server: String, port: UInt16, tcp: Int, udp: Int, interval: UInt64, gapThreshold: UInt64) throws {
         DrillWire.raiseFileLimit(tcp + udp + 64)
@@ -427,12 +476,16 @@ struct FlowClient {
         var addr = DrillWire.address(server, port: port)
         let total = tcp + udp
         let now = monotonicNanoseconds()
+        var real = timespec()
+        clock_gettime(CLOCK_REALTIME, &real)
+        realtimeOffset = Int64(real.tv_sec) * 1_000_000_000 + Int64(real.tv_nsec) - Int64(monotonicNanoseconds())
         started = now
         for i in 0..<total {
             let isTCP = i < tcp
             let fd = socket(AF_INET, Int32((isTCP ? SOCK_STREAM : SOCK_DGRAM).rawValue), 0)
             guard fd >= 0 else { throw ValidationError("socket: \(DrillWire.errorName(errno))") }
             if isTCP { DrillWire.setInt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1) }
+            DrillWire.setInt(fd, SOL_SOCKET, DrillWire.soTimestampNS, 1)
             let r = withUnsafePointer(to: &addr) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
             }
@@ -445,7 +498,7 @@ struct FlowClient {
             var record = DrillFlowRecord(
                 flow: UInt32(i), proto: isTCP ? "tcp" : "udp", local: DrillWire.describe(local), sent: 0, received: 0,
                 sendFailed: 0, firstReply: nil, lastReply: nil, gaps: [], status: "open", error: nil, endedAt: nil,
-                markBefore: [], markAfter: [])
+                markBefore: [], markAfter: [], kernelMarkBefore: [], kernelMarkAfter: [])
             if r != 0 {
                 record.status = "connect-failed"
                 record.error = DrillWire.errorName(errno)
@@ -489,7 +542,9 @@ struct FlowClient {
                 DrillWire.say(failed.isEmpty ? "ready" : "not-ready \(failed.count) flows failed: \(failed.first!.record.error ?? failed.first!.record.status)")
             }
             next += tick
-            if next < monotonicNanoseconds() { next = monotonicNanoseconds() }
+            let woke = monotonicNanoseconds()
+            if marks.count == 1, woke > next { lateAfterMark = max(lateAfterMark, woke - next) }
+            if next < woke { next = woke }
             DrillWire.sleep(until: next)
         }
     }
@@ -507,6 +562,8 @@ struct FlowClient {
                 let r = flows[i].recent
                 flows[i].record.markBefore.append(r.last { $0.reply <= t }?.reply)
                 flows[i].record.markAfter.append(r.first { $0.sent > t }?.reply)
+                flows[i].record.kernelMarkBefore.append(r.last { $0.kernel <= t }?.kernel)
+                flows[i].record.kernelMarkAfter.append(r.first { $0.sent > t }?.kernel)
             }
         case "since":
             guard words.count == 2, let t = UInt64(words[1]) else { return }
@@ -538,7 +595,10 @@ struct FlowClient {
 
     mutating func receive(_ i: Int, _ buf: inout [UInt8], now: UInt64) {
         while true {
-            let n = recv(flows[i].fd, &buf, buf.count, 0)
+            var kernel: UInt64 = 0
+            let n = DrillWire.receive(flows[i].fd, &buf, kernelTime: &kernel)
+            // The kernel's receive time in the drill's clock; the read's when it gave none.
+            let at = kernel > 0 ? UInt64(clamping: Int64(kernel) - realtimeOffset) : now
             if n > 0 {
                 if flows[i].isTCP {
                     flows[i].partial.append(contentsOf: buf[0..<n])
@@ -548,10 +608,10 @@ struct FlowClient {
                             (0..<whole).map { DrillWire.sentTime(of: UnsafeRawBufferPointer(rebasing: raw[($0 * DrillWire.messageSize)...])) }
                         }
                         flows[i].partial.removeFirst(whole * DrillWire.messageSize)
-                        replied(i, sent: sent, now: now)
+                        replied(i, sent: sent, now: now, kernel: min(at, now))
                     }
                 } else if n >= DrillWire.messageSize {
-                    replied(i, sent: [buf.withUnsafeBytes { DrillWire.sentTime(of: $0) }], now: now)
+                    replied(i, sent: [buf.withUnsafeBytes { DrillWire.sentTime(of: $0) }], now: now, kernel: min(at, now))
                 }
                 continue
             }
@@ -576,7 +636,7 @@ struct FlowClient {
     /// Replies to messages sent at `sent`, received `now`. A mark counts as answered only by a
     /// reply to a message sent after it: replies already in flight when the links went down
     /// say nothing about the new path.
-    mutating func replied(_ i: Int, sent: [UInt64], now: UInt64) {
+    mutating func replied(_ i: Int, sent: [UInt64], now: UInt64, kernel: UInt64) {
         if let last = flows[i].record.lastReply, now - last > gapThreshold, flows[i].record.gaps.count < 64 {
             flows[i].record.gaps.append([last, now])
         }
@@ -585,10 +645,11 @@ struct FlowClient {
         flows[i].record.received += sent.count
         let newest = sent.max() ?? 0
         flows[i].lastAnsweredSent = max(flows[i].lastAnsweredSent, newest)
-        flows[i].recent.append((now, newest))
+        flows[i].recent.append((now, kernel, newest))
         if flows[i].recent.count > 8 { flows[i].recent.removeFirst() }
         for m in marks.indices where flows[i].record.markAfter[m] == nil && newest > marks[m] {
             flows[i].record.markAfter[m] = now
+            flows[i].record.kernelMarkAfter[m] = kernel
         }
     }
 
@@ -601,6 +662,6 @@ struct FlowClient {
 
     func report() -> DrillClientReport {
         DrillClientReport(started: started, stopped: monotonicNanoseconds(), marks: marks, gapThreshold: gapThreshold,
-                          flows: flows.map(\.record))
+                          flows: flows.map(\.record), lateAfterMark: lateAfterMark)
     }
 }

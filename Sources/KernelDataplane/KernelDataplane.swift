@@ -224,6 +224,14 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         state.withLock { $0.mirror.entries(inShare: share, of: count) }
     }
 
+    public func snapshotKeys() -> [ConntrackKey] {
+        state.withLock { $0.mirror.entries.map(\.key) }
+    }
+
+    public func snapshot(keys: [ConntrackKey]) -> [Conntrack] {
+        state.withLock { $0.mirror.entries(of: keys) }
+    }
+
     public func subscribe(_ sink: @escaping @Sendable ([ConntrackUpdate]) -> Void) -> DataplaneSubscription {
         state.withLock { $0.subscribers.add(sink) }
     }

@@ -164,6 +164,19 @@ public final class NetlinkRoute: Sendable {
         }
     }
 
+    /// Makes the bridge port `name` forward (`true`: STP state forwarding) or not (disabled),
+    /// without its link going down: the bridge drops its frames both ways and forgets the MAC
+    /// addresses it learnt there. The bridge must not run the kernel's STP.
+    public func setBridgePort(named name: String, forwarding: Bool) throws(NetlinkRouteError) {
+        let operation = "set bridge port \(name) \(forwarding ? "forwarding" : "disabled")"
+        let link = try link(named: name, for: operation)
+        try socket.with { h throws(NetlinkRouteError) in
+            guard ks_rt_bridge_port_set_state(h, link.index, forwarding ? 3 : 0) == 0 else {
+                throw NetlinkRouteError(operation: socket.describe(operation), errno: Glibc.errno)
+            }
+        }
+    }
+
     /// Deletes the link `name`. Returns false when there was no such link (idempotent).
     @discardableResult
     public func deleteLink(named name: String) throws(NetlinkRouteError) -> Bool {

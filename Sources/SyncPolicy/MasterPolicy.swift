@@ -195,6 +195,16 @@ public struct MasterPolicy: Sendable {
         }
     }
 
+    /// Adopts `keys` as synced, as `adoptSynced(_:)` does. A policy with no synced key and no
+    /// candidate yet (a node taking over) takes the set itself, without inserting a key.
+    public mutating func adoptSynced(set keys: ConntrackKeySet) {
+        if synced.isEmpty && tracker.count == 0 {
+            synced = keys
+        } else {
+            adoptSynced(keys)
+        }
+    }
+
     /// Forgets every key and candidate (the node stops being master).
     public mutating func reset() {
         synced.removeAll()

@@ -46,4 +46,31 @@ import Testing
         for n in 0..<UInt64(1000) { reserved.insert(key(n)) }
         #expect(reserved.count == Set((0..<UInt64(1000)).map(key)).count)
     }
+
+    @Test("a set built from distinct keys in slot order, and a batch probed in slot order, agree with Swift's Set; the built set then inserts and removes as any other")
+    func bulkBuildAndProbe() {
+        var rng = SplitMix(state: 7)
+        for size in [0, 1, 17, 5_000, 20_000] {
+            let members = Array(Set((0..<size).map { _ in key(UInt64.random(in: 0..<40_000, using: &rng)) }))
+            let model = Set(members)
+            var built = ConntrackKeySet(distinct: members)
+            #expect(built.count == model.count, "size \(size)")
+            #expect(Set(built) == model, "size \(size)")
+            // A batch of members and strangers, some repeated, in a random order.
+            let probe = (0..<(size + 100)).map { _ in key(UInt64.random(in: 0..<40_000, using: &rng)) }
+            #expect(built.containsEach(probe) == probe.map(model.contains), "size \(size)")
+            #expect(built.containsEach([]) == [])
+            var after = model
+            for _ in 0..<10_000 {
+                let k = key(UInt64.random(in: 0..<40_000, using: &rng))
+                if Bool.random(using: &rng) {
+                    #expect(built.insert(k) == after.insert(k).inserted)
+                } else {
+                    #expect(built.remove(k) == (after.remove(k) != nil))
+                }
+            }
+            #expect(Set(built) == after, "size \(size)")
+            #expect(built.containsEach(probe) == probe.map(after.contains), "size \(size)")
+        }
+    }
 }

@@ -253,6 +253,32 @@ struct NetlinkRouteTests {
         }
     }
 
+    @Test("a bridge port stops forwarding and forwards again, its link staying up; a missing port is an error naming it")
+    func bridgePortState() throws {
+        try withVethNamespace("brport") { ns in
+            for args in [["ip", "link", "add", "br0", "type", "bridge", "stp_state", "0"], ["ip", "link", "set", "vx0", "master", "br0"],
+                         ["ip", "link", "set", "br0", "up"], ["ip", "link", "set", "vx0", "up"], ["ip", "link", "set", "vx1", "up"]] {
+                let r = try ns.exec(args)
+                guard r.status == 0 else { throw TestFailure("\(args.joined(separator: " ")): \(r.output)") }
+            }
+            let nl = try NetlinkRoute(netnsPath: ns.path)
+            func state() throws -> String { try ip(ns, "-d", "link", "show", "vx0") }
+            let before = try state()
+            #expect(before.contains(" state forwarding "), "\(before)")
+            try nl.setBridgePort(named: "vx0", forwarding: false)
+            let disabled = try state()
+            #expect(disabled.contains(" state disabled "), "\(disabled)")
+            #expect(try nl.link(named: "vx0").isAdminUp)
+            try nl.setBridgePort(named: "vx0", forwarding: true)
+            let again = try state()
+            #expect(again.contains(" state forwarding "), "\(again)")
+            let missing = #expect(throws: NetlinkRouteError.self) { try nl.setBridgePort(named: "nosuch0", forwarding: false) }
+            #expect(missing?.errno == ENODEV && missing?.description.contains("nosuch0") == true)
+            // Not a bridge port: the kernel's refusal, not success.
+            #expect(throws: NetlinkRouteError.self) { try nl.setBridgePort(named: "vx1", forwarding: false) }
+        }
+    }
+
     @Test("each call enters the namespace and returns the calling thread to its own")
     func namespaceIsPerCall() throws {
         try withVethNamespace("enter") { ns in

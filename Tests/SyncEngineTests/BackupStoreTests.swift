@@ -2,6 +2,7 @@ import ConntrackModel
 import Dataplane
 import Foundation
 import SyncEngine
+import SyncPolicy
 import Testing
 import TestSupport
 
@@ -104,6 +105,34 @@ struct HolderTests {
         #expect(flaky.applied == 300, "retries after the takeover were held, never to be re-armed")
         let stats = try #require(pair.e2.holderStatistics)
         #expect(stats.refused == 0 && stats.failedBatches >= 1)
+        await pair.shutdown()
+    }
+
+    @Test("a node taking over adopts as synced the held entries still in its table, and judges the rest of the table as new")
+    func takeoverAdoptsHeldEntries() async throws {
+        let policy = PolicySettings()
+        let pair = try await Pair.make(connections: 2, logLevel: .critical, policy1: policy, policy2: policy)
+        // Established TCP only: the default policy syncs them at once.
+        let tcp = (0..<UInt64(2_000)).filter { $0 % 10 < 7 }.prefix(1_000).map { TrafficGenerator.conntrack(number: $0) }
+        pair.dp1.simulate(tcp.map { .upsert($0) })
+        pair.e1.setRole(.master)
+        pair.startSending()
+        #expect(await eventually { pair.e2.store.count == 1_000 && pair.dp2.count == 1_000 })
+        // The backup's own table: a held entry gone from it, and a connection of its own that is
+        // not established.
+        var own = TrafficGenerator.conntrack(number: 50_000)
+        own.tcpState = .synSent
+        pair.dp2.simulate([.delete(tcp[0].key), .upsert(own)])
+        pair.e1.setRole(.backup)
+        pair.e2.setRole(.master)
+        var listing = await pair.e2.unsynced(limit: 10)
+        #expect(await eventually {
+            listing = await pair.e2.unsynced(limit: 10)
+            return listing.role == "master" && listing.total == 1_000
+        }, "\(listing.role) \(listing.total)")
+        #expect(listing.synced == 999, "the held entries in the table are synced: \(listing.synced)")
+        #expect(listing.counts == ["not-established": 1], "\(listing.counts)")
+        #expect(pair.e2.policyStatistics.synced == 999)
         await pair.shutdown()
     }
 }

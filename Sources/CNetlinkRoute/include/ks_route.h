@@ -73,6 +73,9 @@ int ks_rt_link_get(ks_rt *rt, const char *name, ks_rt_link *out);
 int ks_rt_links(ks_rt *rt, ks_rt_link_sink sink, void *context);
 /// Sets (up != 0) or clears IFF_UP on the link `index`.
 int ks_rt_link_set_up(ks_rt *rt, int32_t index, int up);
+/// Sets the bridge port `index`'s STP state (0 disabled, 3 forwarding; the bridge must not run
+/// the kernel's STP): a port that stops forwarding without its link going down.
+int ks_rt_bridge_port_set_state(ks_rt *rt, int32_t index, uint8_t state);
 /// Creates macvlan `name` on link `parent` (mode private, MAC `mac`, up). EEXIST if a link of
 /// that name exists.
 int ks_rt_macvlan_add(ks_rt *rt, const char *name, int32_t parent, const uint8_t mac[6]);
