@@ -109,6 +109,7 @@ struct Bench: AsyncParsableCommand {
                 var figures: [KernelBench.Figures] = []
                 for _ in 0..<runs { figures.append(try KernelBench.measure(entries: n)) }
                 rows.append(("kernel: batched create, \(n) conntracks", Self.rate(median(figures.map(\.create))), "-"))
+                rows.append(("kernel: create, CPU per conntrack (writer thread)", String(format: "%.2f µs", median(figures.map(\.createMicros))), "-"))
                 rows.append(("kernel: dump, \(n) conntracks", Self.rate(median(figures.map(\.dump))), "-"))
                 rows.append(("kernel: timeout re-arm (update), \(n)", Self.rate(median(figures.map(\.rearm))), "-"))
             }

@@ -40,6 +40,11 @@ public struct DrillFlowSummary: Codable, Sendable, Equatable {
     /// (every namespace of the drill shares this machine's cores with both routers).
     public var kernelStallMedian: Double?
     public var kernelStallMax: Double?
+    /// TCP: retransmissions per surviving flow from the failure to the return (or the end), as
+    /// the client's kernel counted them (TCP_INFO): how many of its retransmissions the outage
+    /// took, loss probes included.
+    public var retransmitsMedian: Double?
+    public var retransmitsMax: Int?
     /// UDP messages without a reply (whole run), and the most of one flow.
     public var lost: Int?
     public var lostMaxPerFlow: Int?
@@ -88,7 +93,7 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
     public var syncSeconds: Double?
     /// Background conntracks the kernel refused (a few may be: ENOSPC on a long hash chain).
     public var backgroundRefused: Int?
-    /// VRRP and the baseline: seconds from the links going down until the survivor held both
+    /// VRRP and the baseline: seconds from the failure until the survivor held both
     /// virtual addresses (netlink, polled every 2 ms).
     /// Static: until `set-state master` on the survivor returned (before the addresses moved).
     public var survivorMasterSeconds: Double?
@@ -215,6 +220,7 @@ enum DrillAnalysis {
         var s = DrillFlowSummary()
         var stalls: [Double] = []
         var kernelStalls: [Double] = []
+        var retransmits: [Double] = []
         let seen = Dictionary(uniqueKeysWithValues: (server?.udpFlows ?? []).map { ($0.flow, $0) })
         for f in client.flows where f.proto == proto {
             s.total += 1
@@ -232,6 +238,10 @@ enum DrillAnalysis {
             if let kAfter = f.kernelMarkAfter.first ?? nil, let kBefore = (f.kernelMarkBefore.first ?? nil) ?? f.firstReply, kAfter > kBefore {
                 kernelStalls.append(seconds(kAfter - kBefore))
             }
+            if let atFailure = f.retransmitsAtMark.first ?? nil,
+               let after = f.retransmitsAtMark.count > 1 ? f.retransmitsAtMark[1] : f.retransmitsAtEnd, after >= atFailure {
+                retransmits.append(Double(after - atFailure))
+            }
             if stall > bound { s.stalled += 1; continue }
             if !reNATed { s.survived += 1 }
         }
@@ -239,6 +249,8 @@ enum DrillAnalysis {
         s.stallMax = stalls.max()
         s.kernelStallMedian = median(kernelStalls)
         s.kernelStallMax = kernelStalls.max()
+        s.retransmitsMedian = median(retransmits)
+        s.retransmitsMax = retransmits.max().map { Int($0) }
         if proto == "udp" {
             let flows = client.flows.filter { $0.proto == "udp" }
             s.lost = flows.reduce(0) { $0 + max(0, $1.sent - $1.received) }
@@ -371,6 +383,9 @@ enum DrillAnalysis {
         rows.append(("TCP stall median / max (s)", runs.map { "\(f($0.tcp.stallMedian)) / \(f($0.tcp.stallMax))" }))
         rows.append(("  by kernel receive time (s)", runs.map { "\(f($0.tcp.kernelStallMedian)) / \(f($0.tcp.kernelStallMax))" }))
         rows.append(("  client generator's longest wake-up delay (s)", runs.map { f($0.clientLateSeconds) }))
+        rows.append(("TCP retransmissions per flow across the failure, median / max", runs.map { r in
+            r.tcp.retransmitsMedian.map { String(format: "%.1f / %d", $0, r.tcp.retransmitsMax ?? 0) } ?? "-"
+        }))
         rows.append(("client TCP RTO at failure, median / max (ms)",
                      runs.map { r in r.clientRTOMedianMs.map { "\(Int($0.rounded())) / \(Int((r.clientRTOMaxMs ?? $0).rounded()))" } ?? "-" }))
         rows.append(("UDP survived (same NAT port)", runs.map { "\($0.udp.survived)/\($0.udp.total)" }))

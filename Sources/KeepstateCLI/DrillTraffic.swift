@@ -207,6 +207,10 @@ public struct DrillFlowRecord: Codable, Sendable, Equatable {
     /// scheduling delay on a busy machine. Empty from a generator that had none.
     public var kernelMarkBefore: [UInt64?] = []
     public var kernelMarkAfter: [UInt64?] = []
+    /// TCP: the connection's retransmissions so far (TCP_INFO `tcpi_total_retrans`, timer and
+    /// loss-probe retransmissions alike) at each mark, and at the end of the run (nil: closed).
+    public var retransmitsAtMark: [UInt32?] = []
+    public var retransmitsAtEnd: UInt32?
 }
 
 public struct DrillClientReport: Codable, Sendable, Equatable {
@@ -558,6 +562,7 @@ struct FlowClient {
         case "mark":
             guard words.count == 2, let t = UInt64(words[1]) else { return }
             marks.append(t)
+            for i in flows.indices { flows[i].record.retransmitsAtMark.append(retransmits(i)) }
             for i in flows.indices {
                 let r = flows[i].recent
                 flows[i].record.markBefore.append(r.last { $0.reply <= t }?.reply)
@@ -660,8 +665,18 @@ struct FlowClient {
         close(flows[i].fd)
     }
 
-    func report() -> DrillClientReport {
-        DrillClientReport(started: started, stopped: monotonicNanoseconds(), marks: marks, gapThreshold: gapThreshold,
+    /// A TCP flow's retransmissions so far (nil: UDP, or the connection is closed).
+    func retransmits(_ i: Int) -> UInt32? {
+        guard flows[i].isTCP, flows[i].record.status == "open" else { return nil }
+        var info = tcp_info()
+        var len = socklen_t(MemoryLayout<tcp_info>.size)
+        guard getsockopt(flows[i].fd, Int32(IPPROTO_TCP), TCP_INFO, &info, &len) == 0 else { return nil }
+        return info.tcpi_total_retrans
+    }
+
+    mutating func report() -> DrillClientReport {
+        for i in flows.indices { flows[i].record.retransmitsAtEnd = retransmits(i) }
+        return DrillClientReport(started: started, stopped: monotonicNanoseconds(), marks: marks, gapThreshold: gapThreshold,
                           flows: flows.map(\.record), lateAfterMark: lateAfterMark)
     }
 }

@@ -230,6 +230,11 @@ final class ShareConnection: @unchecked Sendable {
         do {
             try session.receive(type: frame.type, sequence: frame.sequence)
             liveness?.received(at: .now())
+            if sender.awaitingPeer {
+                // The resync owed since this node became master waited for a sign of life.
+                sender.heardFromPeer()
+                schedulePump()
+            }
             let message = try SyncControlMessage.decode(type: frame.type, payload: frame.payload)
             switch try session.handle(message) {
             case .ready(let ack):

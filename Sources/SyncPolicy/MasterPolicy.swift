@@ -150,9 +150,12 @@ public struct MasterPolicy: Sendable {
     /// `tcpUndefined`). Snapshot entries that are not synced are left out: the peer must not
     /// hold them.
     public func resyncRecords(_ snapshot: [Conntrack]) -> [SyncRecord] {
+        // Probed as one batch in slot order: a node that just took over 1,000,000 entries
+        // resyncs its peer at once, and probing at random took 0.4 s of CPU there.
+        let isSynced = synced.containsEach(snapshot.map(\.key))
         var out: [SyncRecord] = []
         out.reserveCapacity(min(snapshot.count, synced.count))
-        for c in snapshot where synced.contains(c.key) {
+        for (i, c) in snapshot.enumerated() where isSynced[i] {
             out.append(makeRecord(.upsert(carried(c)), .resync))
         }
         return out

@@ -74,20 +74,39 @@ public struct ShareSender: Sendable {
     public var queueDepth: Int { queue.count - head }
     public var isSending: Bool { active && connected }
 
+    /// Whether the resync owed since this node became master waits for a frame from the peer
+    /// (`heardFromPeer`).
+    public private(set) var awaitingPeer = false
+
     public mutating func setConnected(_ up: Bool) {
         if up && !connected && active { resyncNeeded = true }
         connected = up
+        // A new connection's peer was just heard (its answer to the hello), or it is down.
+        awaitingPeer = false
         if !up { reset() }
     }
 
+    /// A frame came from the peer: a resync that waited for it may start.
+    public mutating func heardFromPeer() { awaitingPeer = false }
+
     /// Demotion keeps what is queued and lets `next` send it (a planned switchover then loses
     /// nothing the old master saw); it accepts no new updates and abandons a running resync.
+    ///
+    /// Promotion over a connection that is up owes the peer a resync, which starts once the peer
+    /// has sent a frame since (`heardFromPeer`; a live peer sends one at least every heartbeat
+    /// interval). A node usually becomes master because its peer died, and the connection to
+    /// it stays up until the dead interval: building and writing a resync of the whole share
+    /// into it then was work for nothing, right when the node takes over its peer's flows.
     public mutating func setActive(_ master: Bool) {
-        if master && !active && connected { resyncNeeded = true }
+        if master && !active && connected {
+            resyncNeeded = true
+            awaitingPeer = true
+        }
         active = master
         if !master {
             resync = nil
             resyncNeeded = false
+            awaitingPeer = false
         }
     }
 
@@ -145,6 +164,7 @@ public struct ShareSender: Sendable {
         // overflow meanwhile only schedules the next one. Restarting instead could starve: a
         // resync that never ends never sweeps.
         if resyncNeeded && resync == nil {
+            if awaitingPeer { return .idle }
             resyncNeeded = false
             clearQueue()
             generation &+= 1

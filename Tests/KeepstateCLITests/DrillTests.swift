@@ -69,9 +69,16 @@ struct DrillTests {
                             sendFailed: 0, firstReply: 1 * s, lastReply: after ?? (failure - s / 20), gaps: [], status: status,
                             error: nil, endedAt: ended, markBefore: [failure - s / 20], markAfter: [after])
         }
+        // Flow 0 as the kernel saw it: its replies arrived 5 ms and 30 ms before the generator read
+        // them, and its kernel retransmitted 3 segments across the failure (1 before it).
+        var survivor = flow(0, "tcp", after: failure + s * 65 / 100)
+        survivor.kernelMarkBefore = [failure - s / 20 - s / 200]
+        survivor.kernelMarkAfter = [failure + s * 62 / 100]
+        survivor.retransmitsAtMark = [1]
+        survivor.retransmitsAtEnd = 4
         let client = DrillClientReport(
             started: 0, stopped: 20 * s, marks: [failure], gapThreshold: s / 10,
-            flows: [flow(0, "tcp", after: failure + s * 65 / 100),
+            flows: [survivor,
                     flow(1, "tcp", after: nil, status: "reset", ended: failure + s / 2),
                     flow(2, "udp", after: failure + s / 5),
                     flow(3, "udp", after: nil)])
@@ -82,6 +89,8 @@ struct DrillTests {
         let tcp = DrillAnalysis.atFailure(client, server, proto: "tcp", failure: failure, windowEnd: 20 * s, bound: 3)
         #expect(tcp.total == 2 && tcp.survived == 1 && tcp.reset == 1 && tcp.stalled == 0)
         #expect(abs((tcp.stallMax ?? 0) - 0.7) < 1e-9)
+        #expect(abs((tcp.kernelStallMax ?? 0) - 0.675) < 1e-9, "\(String(describing: tcp.kernelStallMax))")
+        #expect(tcp.retransmitsMedian == 3 && tcp.retransmitsMax == 3)
         let udp = DrillAnalysis.atFailure(client, server, proto: "udp", failure: failure, windowEnd: 20 * s, bound: 3)
         #expect(udp.total == 2 && udp.survived == 0 && udp.reNATed == 1 && udp.stalled == 1)
         #expect(udp.lost == 110 && udp.lostMaxPerFlow == 100)
@@ -103,6 +112,8 @@ struct DrillTests {
         let table = DrillAnalysis.table(DrillReport(settings: settings, runs: [run], notes: [], passed: run.passed))
         let rows = table.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ") }
         #expect(rows.contains("TCP survived 1/2"), "\(table)")
+        #expect(rows.contains("by kernel receive time (s) 0.675 / 0.675"), "\(table)")
+        #expect(rows.contains("TCP retransmissions per flow across the failure, median / max 3.0 / 3"), "\(table)")
         #expect(rows.contains("TCP reset 1") && rows.contains("UDP re-NATed 1") && rows.contains("expectations FAIL"), "\(table)")
 
         // The failback: the returned router must hold the survivor's table as read at its

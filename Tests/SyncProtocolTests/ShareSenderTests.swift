@@ -87,6 +87,7 @@ enum SentStep: Equatable {
         var s = ShareSender(queueLimit: 100, firstGeneration: UInt32.max)
         s.setConnected(true)
         s.setActive(true)
+        s.heardFromPeer()
         #expect(Self.next(&s, snapshot: []) == .beginResync(0))   // the generation wraps
         #expect(Self.next(&s, at: Self.t0 + .seconds(2)) == .endResync(0, 0, .seconds(2)))
         s.requestResync()
@@ -220,8 +221,54 @@ enum SentStep: Equatable {
         #expect(s.enqueue([ConntrackUpdate.upsert(Self.items[2])]) == .dropped)
         #expect(Self.next(&s) == .updates([.upsert(Self.items[1])]))
         #expect(Self.next(&s) == .idle)
+        // Promoted over a connection that is up: the resync waits for a frame from the peer.
         s.setActive(true)
+        #expect(Self.next(&s) == .idle)
+        s.heardFromPeer()
         #expect(Self.next(&s) == .beginResync(3))
+    }
+
+    @Test("a node promoted over a connection that is up resyncs once the peer is heard; a new connection or a demotion ends the wait")
+    func promotionWaitsForThePeer() {
+        var s = ShareSender(queueLimit: 100, firstGeneration: 0)
+        s.setConnected(true)
+        s.setActive(true)
+        #expect(s.resyncNeeded && s.awaitingPeer)
+        var calls = 0
+        for _ in 0..<3 { #expect(SentStep(s.next(maxRecords: 4, now: Self.t0) { calls += 1; return [] }) == .idle) }
+        #expect(calls == 0, "no snapshot for a peer that has not spoken")
+        // Updates meanwhile are carried by the coming resync.
+        #expect(s.enqueue([ConntrackUpdate.upsert(Self.items[0])]) == .dropped)
+        s.heardFromPeer()
+        #expect(!s.awaitingPeer)
+        #expect(Self.next(&s, snapshot: [Self.items[0]]) == .beginResync(1))
+        #expect(Self.next(&s) == .records([Self.items[0]]))
+        #expect(Self.next(&s) == .endResync(1, 1, .zero))
+
+        // The peer was silent and the connection went; the next one's hello was answered.
+        s.setActive(false)
+        s.setActive(true)
+        #expect(s.awaitingPeer)
+        s.setConnected(false)
+        #expect(!s.awaitingPeer && !s.resyncNeeded)
+        s.setConnected(true)
+        #expect(Self.next(&s) == .beginResync(2))
+        #expect(Self.next(&s) == .endResync(2, 0, .zero))
+
+        // Demoted while waiting: nothing is owed any more.
+        s.setActive(false)
+        s.setActive(true)
+        s.setActive(false)
+        #expect(!s.awaitingPeer && !s.resyncNeeded)
+        #expect(Self.next(&s) == .idle)
+        // A resync asked for while master (an operator, a gap) does not wait.
+        s.setActive(true)
+        s.heardFromPeer()
+        #expect(Self.next(&s) == .beginResync(3))
+        #expect(Self.next(&s) == .endResync(3, 0, .zero))
+        s.requestResync()
+        #expect(!s.awaitingPeer)
+        #expect(Self.next(&s) == .beginResync(4))
     }
 
     @Test func largeQueuesCompact() {
@@ -358,6 +405,8 @@ enum SentStep: Equatable {
 
         for _ in 0..<6_000 {
             now = now + .microseconds(Int64(rng.next() % 1_000))
+            // The peer speaks now and then (a heartbeat, an ack).
+            if rng.next() % 8 == 0 { sender.heardFromPeer() }
             switch rng.next() % 100 {
             case 0..<55:
                 // Traffic: a batch of changes to the table, reported in order.
@@ -410,6 +459,7 @@ enum SentStep: Equatable {
             }
         }
         // Drain.
+        sender.heardFromPeer()
         var guardSteps = 0
         while true {
             let step = sender.next(maxRecords: 8, now: now) {
