@@ -137,6 +137,10 @@ public struct VRFReport: Codable, Sendable, Equatable {
     public var role: String
     /// Conntracks of this node that qualify for sync (the dataplane's mirror).
     public var conntracks: Int
+    /// Master: the conntracks its sync policy has synced to the peer, which a peer in sync holds
+    /// (the mirror can count more: conntracks waiting for their delay, and closed ones the
+    /// kernel has not reaped yet). Absent on a backup.
+    public var synced: Int?
     /// Conntracks received from the peer and held.
     public var held: Int
     public var holdQueue: Int

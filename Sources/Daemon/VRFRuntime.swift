@@ -221,6 +221,7 @@ final class VRFRuntime {
             lastRearm: holder?.lastRearm?.rearmed,
             connectionsEstablished: stats?.connections.filter { $0.connectionStatus == .established }.count ?? 0,
             connections: stats?.connections.count ?? 0, dataplaneError: dataplane.dataplaneError)
+        if role == .master, let engine { report.synced = engine.policyStatistics.synced }
         if let engine {
             let drift = engine.configDrift
             report.drift = drift.kind.rawValue

@@ -23,6 +23,13 @@ public protocol Dataplane: AnyObject, Sendable {
     /// the result, and every change not reflected is delivered after.
     func snapshot(share: Int, of count: Int) -> [Conntrack]
 
+    /// Whether the change stream and `snapshot` cover every qualifying conntrack of the table
+    /// now. False while only deletions are followed (a holding backup, and a new master until
+    /// its re-arm ends), and after the scope widens until the reconciliation that catches up
+    /// is done: conntracks made meanwhile are not in the mirror yet. A master resyncs its peer
+    /// only when this is true, so that a returning peer's resync carries them.
+    var followsWholeTable: Bool { get }
+
     /// The keys of the whole table as `snapshot(share: 0, of: 1)` has them, without the rest of
     /// each conntrack (a node taking over sorts its table by key first).
     func snapshotKeys() -> [ConntrackKey]
@@ -93,6 +100,7 @@ extension Dataplane {
     public func onProblemChange(_ handler: @escaping @Sendable (String?) -> Void) {}
     public func stop() {}
     public func setEventScope(_ scope: DataplaneEventScope) {}
+    public var followsWholeTable: Bool { true }
 
     public func snapshotKeys() -> [ConntrackKey] { snapshot(share: 0, of: 1).map(\.key) }
 

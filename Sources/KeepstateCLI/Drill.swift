@@ -493,29 +493,37 @@ struct DrillRun {
                 say("r1 back: links up")
             }
             back = returned
-            // nil when r2 does not answer: a poll without it compares nothing.
-            let table = { r2.state()?.vrfs.first?.conntracks }
+            // What the survivor has synced (its policy's count, while it is master): what a
+            // returned router in sync holds. Its `conntracks` also counts what the policy has not
+            // synced (closed conntracks the kernel has not reaped yet, those waiting for a delay).
+            // nil when r2 does not answer, or is no longer master (r1 took over between two polls).
+            let table = { r2.state()?.vrfs.first?.synced }
+            var lastSurvivor: Int?
             var resync: Double?
             var preemptAt: Double?
             var heldAtPreempt: Int?
             var survivorAtPreempt: Int?
             let wait = 60 + Double(drill.background) / 10_000
             _ = waitFor(wait, every: 0.02) {
-                // The survivor's table first: read after r1's state, it could count conntracks
-                // made after r1 became master (the sync connections it opens as master).
-                guard let survivor = table() else { return false }
+                // The survivor first: read after r1's state, it could count conntracks made after
+                // r1 became master (the sync connections it opens as master).
+                let survivor = table()
+                if let survivor { lastSurvivor = survivor }
                 let s = r1.state()
                 let held = s?.vrfs.first?.held ?? 0
                 let t = DrillAnalysis.seconds(monotonicNanoseconds() - returned)
                 // Resynced: held, and written to r1's kernel table (its hold queue empty).
                 let master = s?.groups.first(where: { $0.name == DrillConfig.group })?.state == "master"
-                if resync == nil, DrillAnalysis.resynced(held: held, survivor: survivor, holdQueue: s?.vrfs.first?.holdQueue, master: master) {
+                if resync == nil, let survivor,
+                   DrillAnalysis.resynced(held: held, survivor: survivor, holdQueue: s?.vrfs.first?.holdQueue, master: master) {
                     resync = t
                 }
                 if drill.ha == .vrrp, preemptAt == nil, master {
                     preemptAt = t
                     heldAtPreempt = held
-                    survivorAtPreempt = survivor
+                    // This poll's, or, when the survivor was already backup, the last poll's
+                    // (at most one poll, 20 ms, before r1 became master).
+                    survivorAtPreempt = survivor ?? lastSurvivor
                 }
                 if preemptAt != nil { return true }
                 // Static: the drill switches back itself once the table is there.
@@ -545,7 +553,7 @@ struct DrillRun {
                 }
                 usleep(500_000)
             }
-            failbackPartial = (resync, r1.state()?.vrfs.first?.held ?? 0, table() ?? 0, preemptAt != nil, preemptAt, heldAtPreempt, survivorAtPreempt)
+            failbackPartial = (resync, r1.state()?.vrfs.first?.held ?? 0, lastSurvivor ?? 0, preemptAt != nil, preemptAt, heldAtPreempt, survivorAtPreempt)
             dumpFlows(topo, "after-failback")
         }
 

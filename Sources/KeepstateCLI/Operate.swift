@@ -335,6 +335,7 @@ public enum ShowRender {
             out += "        ha-group \(v.group ?? "-")\n"
             out += "        role \(v.role)\n"
             out += "        conntracks \(v.conntracks)\n"
+            if let synced = v.synced { out += "        synced \(synced)\n" }
             out += "        held \(v.held)\n"
             if v.holdQueue > 0 || v.holdRefused > 0 { out += "        hold queue \(v.holdQueue) refused \(v.holdRefused)\n" }
             out += "        connections \(v.connectionsEstablished)/\(v.connections) established\n"

@@ -19,6 +19,7 @@ public enum ShowPeer {
             out += "                queue-overflows \(c.queueOverflows)\n"
             out += "                resyncs \(c.resyncs)\n"
             out += "                connects \(c.connects)\n"
+            if let w = c.resyncWaiting { out += "                resync-waiting-for \(w)\n" }
             if let d = c.lastResyncDuration {
                 out += "                last-resync \(c.lastResyncRecords ?? 0) records in \(String(format: "%.3f", d)) s\n"
             }

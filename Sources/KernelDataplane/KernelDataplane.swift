@@ -38,6 +38,8 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         /// Set when the scope became `.all` again: a reconciliation runs at once (what changed
         /// while only deletions were followed), and the periodic ones count from it.
         var reconcileNow = false
+        /// The scope widened and the reconciliation that catches up has not succeeded yet.
+        var catchingUp = false
     }
 
     private let state = Mutex(State())
@@ -116,7 +118,10 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
     public func setEventScope(_ scope: DataplaneEventScope) {
         let changed = state.withLock { s in
             defer { s.eventScope = scope }
-            if s.eventScope != scope && scope == .all { s.reconcileNow = true }
+            if s.eventScope != scope && scope == .all {
+                s.reconcileNow = true
+                s.catchingUp = true
+            }
             return s.eventScope != scope
         }
         guard changed else { return }
@@ -136,6 +141,8 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
     }
 
     public var eventScope: DataplaneEventScope { state.withLock { $0.eventScope } }
+
+    public var followsWholeTable: Bool { state.withLock { $0.eventScope == .all && !$0.catchingUp } }
 
     /// Whether a conntrack enters the mirror: established (TCP ESTABLISHED, others seen both
     /// ways) and not excluded (`isSyncExcluded`; `SyncRules.isEligible` is the same rule).
@@ -394,6 +401,12 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
                 lastReconcile = ContinuousClock.now
                 reconcile(countAsOverrun: false)
                 reportProblemChange()
+            } else if scope == .all, state.withLock({ $0.catchingUp }), ContinuousClock.now - lastReconcile > .seconds(1) {
+                // The catching-up reconciliation failed: again a second later (a master's
+                // resyncs wait for it).
+                lastReconcile = ContinuousClock.now
+                reconcile(countAsOverrun: false)
+                reportProblemChange()
             } else if reconcileInterval > 0, scope == .all,
                ContinuousClock.now - lastReconcile > .milliseconds(Int(reconcileInterval * 1000)) {
                 lastReconcile = ContinuousClock.now
@@ -479,6 +492,7 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
             }
             for c in s.mirror.entries where fresh[c.key] == nil { changes.append(.delete(c.key)) }
             s.mirror = fresh
+            s.catchingUp = false
             s.subscribers.deliver(changes)
         }
     }

@@ -18,6 +18,10 @@ final class ShareConnection: @unchecked Sendable {
     private let tls: TLSMaterial
     /// The share's conntracks for a resync, as the peer must hold them (the policy's view).
     private let resyncSnapshot: @Sendable (_ share: Int, _ count: Int) -> [Conntrack]
+    /// Whether the dataplane's mirror covers the whole table (`Dataplane.followsWholeTable`):
+    /// a resync waits until it does.
+    private let tableComplete: @Sendable () -> Bool
+    private var tableRetryScheduled = false
     private let monitor: DriftMonitor
     private var logger: Logger
     /// The version of this connection's hello: this build's, or 2 for one attempt after the
@@ -50,13 +54,15 @@ final class ShareConnection: @unchecked Sendable {
     private var deliveryWaiters: [(through: UInt64, losses: UInt64, promise: EventLoopPromise<Bool>)] = []
 
     init(index: Int, loop: any EventLoop, settings: SyncSettings, tls: TLSMaterial,
-         resyncSnapshot: @escaping @Sendable (_ share: Int, _ count: Int) -> [Conntrack], monitor: DriftMonitor,
+         resyncSnapshot: @escaping @Sendable (_ share: Int, _ count: Int) -> [Conntrack],
+         tableComplete: @escaping @Sendable () -> Bool = { true }, monitor: DriftMonitor,
          logger: Logger, seed: UInt64) {
         self.index = index
         self.loop = loop
         self.settings = settings
         self.tls = tls
         self.resyncSnapshot = resyncSnapshot
+        self.tableComplete = tableComplete
         self.monitor = monitor
         var logger = logger
         logger[metadataKey: "connection"] = "\(index)"
@@ -374,6 +380,27 @@ final class ShareConnection: @unchecked Sendable {
 
     func pump() {
         guard let channel, channel.isActive, case .ready = session.state else { return }
+        stats.resyncWaiting = nil
+        if sender.isSending && sender.resyncNeeded && sender.resync == nil {
+            if sender.awaitingPeer {
+                stats.resyncWaiting = "peer"
+            } else if !tableComplete() {
+                // A new master whose re-arm still runs follows deletions only: conntracks made
+                // since the takeover are not in its mirror, and a resync now would end without
+                // them (the peer would then count itself in sync and could take mastership back
+                // without them). Looked at again every 100 ms.
+                stats.resyncWaiting = "table"
+                if !tableRetryScheduled {
+                    tableRetryScheduled = true
+                    loop.scheduleTask(in: .milliseconds(100)) { [self] in
+                        tableRetryScheduled = false
+                        schedulePump()
+                    }
+                }
+                settleWaiters()
+                return
+            }
+        }
         var wrote = false
         var now = NIODeadline.now()
         loop: while channel.isWritable {

@@ -34,6 +34,10 @@ public struct ConnectionStatistics: Sendable, Codable, Equatable {
     public var lastResyncRecords: UInt64?
     public var connects: UInt64 = 0
     public var lastError: String?
+    /// A resync this master owes the peer and has not begun, and what it waits for: `peer` (a
+    /// frame from the peer since this node became master) or `table` (the dataplane following
+    /// the whole table again after a takeover's re-arm). Absent otherwise.
+    public var resyncWaiting: String?
 
     public init(index: Int) { self.index = index }
 }

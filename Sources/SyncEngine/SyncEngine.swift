@@ -80,6 +80,7 @@ public final class SyncEngine: Sendable {
             ShareConnection(
                 index: i, loop: group.next(), settings: settings, tls: tls,
                 resyncSnapshot: { share, count in gate.resyncSnapshot(share: share, of: count) },
+                tableComplete: { [dataplane] in dataplane.followsWholeTable },
                 monitor: monitor, logger: logger, seed: seeds.next())
         }
         gate.connections = connections

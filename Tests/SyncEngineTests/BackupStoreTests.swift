@@ -92,9 +92,12 @@ struct HolderTests {
         pair.startSending()
         #expect(await eventually { pair.e2.store.count == 300 })
         #expect(await eventually { (pair.e2.holderStatistics?.failedBatches ?? 0) >= 1 })
+        // The first retry (1 s after the refusal) is refused too; the next is 2 s after it.
+        let firstTries = flaky.holdCalls
+        #expect(await eventually(10) { flaky.holdCalls > firstTries })
         // The dataplane refuses every hold write for now, so retries are pending (the next one
-        // 1 s or more away): a takeover returns without waiting for them. Had it waited for one,
-        // the retry's hold write would have been tried during the call.
+        // 2 s away): a takeover returns without waiting for them. Had it waited for one, the
+        // retry's hold write would have been tried during the call.
         let triedBefore = flaky.holdCalls
         _ = await pair.e2.prepareTakeover()
         #expect(flaky.holdCalls == triedBefore, "prepareTakeover waited for a retry")
@@ -134,5 +137,53 @@ struct HolderTests {
         #expect(listing.counts == ["not-established": 1], "\(listing.counts)")
         #expect(pair.e2.policyStatistics.synced == 999)
         await pair.shutdown()
+    }
+
+    @Test("a master resyncs its peer only once its dataplane follows the whole table again; meanwhile `show peer` says what the resync waits for")
+    func resyncWaitsForTheWholeTable() async throws {
+        let partial = PartialDataplane()
+        partial.complete = false
+        let pair = try await Pair.make(connections: 2, logLevel: .critical, dataplane1: partial)
+        partial.inner.simulate((0..<UInt64(300)).map { .upsert(TrafficGenerator.conntrack(number: $0)) })
+        pair.e1.setRole(.master)
+        pair.startSending()
+        // Both connections up, heartbeats flowing, every resync held back for the table.
+        #expect(await eventually {
+            let s = await pair.e1.statistics()
+            return s.connections.allSatisfy { $0.connectionStatus == .established && $0.resyncWaiting == "table" }
+        })
+        let waiting = await pair.e1.statistics()
+        #expect(waiting.connections.allSatisfy { $0.resyncs == 0 }, "\(waiting.connections)")
+        #expect(pair.e2.store.count == 0)
+        partial.complete = true
+        #expect(await eventually { pair.e2.store.count == 300 })
+        let done = await pair.e1.statistics()
+        #expect(done.connections.allSatisfy { $0.resyncs == 1 && $0.resyncWaiting == nil }, "\(done.connections)")
+        await pair.shutdown()
+    }
+}
+
+/// A memory dataplane whose mirror can be marked incomplete (`followsWholeTable` false), as a
+/// kernel dataplane's is while a new master's re-arm runs.
+final class PartialDataplane: Dataplane, @unchecked Sendable {
+    let inner = MemoryDataplane(vrf: "main")
+    private let lock = NSLock()
+    private var isComplete = true
+    var complete: Bool {
+        get { lock.withLock { isComplete } }
+        set { lock.withLock { isComplete = newValue } }
+    }
+    var followsWholeTable: Bool { complete }
+    var vrf: String { inner.vrf }
+    var count: Int { inner.count }
+    func dump() throws -> [Conntrack] { inner.dump() }
+    func snapshot(share: Int, of count: Int) -> [Conntrack] { inner.snapshot(share: share, of: count) }
+    func subscribe(_ sink: @escaping @Sendable ([ConntrackUpdate]) -> Void) -> DataplaneSubscription { inner.subscribe(sink) }
+    func unsubscribe(_ subscription: DataplaneSubscription) { inner.unsubscribe(subscription) }
+    func apply(_ updates: [ConntrackUpdate]) throws { inner.apply(updates) }
+    func hold(_ updates: [ConntrackUpdate], timeout: UInt32) throws { inner.hold(updates, timeout: timeout) }
+    func held(above threshold: UInt32) throws -> [Conntrack] { inner.held(above: threshold) }
+    func rearm(above threshold: UInt32, timeout: (Conntrack) -> UInt32?) throws -> RearmResult {
+        inner.rearm(above: threshold, timeout: timeout)
     }
 }
