@@ -172,13 +172,18 @@ struct KernelSyncTests {
         let dp = try KernelDataplane(vrf: "main", netnsPath: ns.path, reconcileInterval: 0.2)
         defer { dp.stop() }
         #expect(await eventually(5) { dp.reconciliations >= 2 })
+        #expect(dp.followsWholeTable)
         dp.setEventScope(.deletions)
+        #expect(!dp.followsWholeTable)
         // One may have been under way when the scope changed.
         try await Task.sleep(for: .milliseconds(300))
         let held = dp.reconciliations
         try await Task.sleep(for: .seconds(1))
         #expect(dp.reconciliations == held)
         dp.setEventScope(.all)
+        // The whole table again only once the catching-up reconciliation is done.
+        #expect(await eventually(5) { dp.followsWholeTable })
+        #expect(dp.reconciliations >= held + 1)
         #expect(await eventually(5) { dp.reconciliations >= held + 2 })
     }
 
