@@ -155,23 +155,24 @@ public final class NetlinkRoute: Sendable {
 
     /// Sets the link `name` administratively up or down (IFF_UP).
     public func setLink(named name: String, up: Bool) throws(NetlinkRouteError) {
-        let operation = "set \(name) \(up ? "up" : "down")"
-        let link = try link(named: name, for: operation)
-        try socket.with { h throws(NetlinkRouteError) in
-            guard ks_rt_link_set_up(h, link.index, up ? 1 : 0) == 0 else {
-                throw NetlinkRouteError(operation: socket.describe(operation), errno: Glibc.errno)
-            }
-        }
+        try change(link: name, "set \(name) \(up ? "up" : "down")") { h, index in ks_rt_link_set_up(h, index, up ? 1 : 0) }
     }
 
     /// Makes the bridge port `name` forward (`true`: STP state forwarding) or not (disabled),
     /// without its link going down: the bridge drops its frames both ways and forgets the MAC
     /// addresses it learnt there. The bridge must not run the kernel's STP.
     public func setBridgePort(named name: String, forwarding: Bool) throws(NetlinkRouteError) {
-        let operation = "set bridge port \(name) \(forwarding ? "forwarding" : "disabled")"
+        try change(link: name, "set bridge port \(name) \(forwarding ? "forwarding" : "disabled")") { h, index in
+            ks_rt_bridge_port_set_state(h, index, forwarding ? 3 : 0)
+        }
+    }
+
+    /// One request about the link `name` (looked up first): `call` returns 0, or -1 with errno.
+    private func change(link name: String, _ operation: String,
+                        _ call: (OpaquePointer, Int32) -> Int32) throws(NetlinkRouteError) {
         let link = try link(named: name, for: operation)
         try socket.with { h throws(NetlinkRouteError) in
-            guard ks_rt_bridge_port_set_state(h, link.index, forwarding ? 3 : 0) == 0 else {
+            guard call(h, link.index) == 0 else {
                 throw NetlinkRouteError(operation: socket.describe(operation), errno: Glibc.errno)
             }
         }

@@ -47,6 +47,14 @@ final class FlakyDataplane: Dataplane, @unchecked Sendable {
         get { lock.withLock { refusingAll } }
         set { lock.withLock { refusingAll = newValue } }
     }
+    private var isComplete = true
+    /// Whether the mirror covers the whole table (`followsWholeTable`), as a kernel dataplane's
+    /// does not while a new master's re-arm runs.
+    var complete: Bool {
+        get { lock.withLock { isComplete } }
+        set { lock.withLock { isComplete = newValue } }
+    }
+    var followsWholeTable: Bool { complete }
     var vrf: String { inner.vrf }
     var count: Int { inner.count }
     func dump() throws -> [Conntrack] { inner.dump() }
@@ -141,7 +149,7 @@ struct HolderTests {
 
     @Test("a master resyncs its peer only once its dataplane follows the whole table again; meanwhile `show peer` says what the resync waits for")
     func resyncWaitsForTheWholeTable() async throws {
-        let partial = PartialDataplane()
+        let partial = FlakyDataplane()
         partial.complete = false
         let pair = try await Pair.make(connections: 2, logLevel: .critical, dataplane1: partial)
         partial.inner.simulate((0..<UInt64(300)).map { .upsert(TrafficGenerator.conntrack(number: $0)) })
@@ -160,30 +168,5 @@ struct HolderTests {
         let done = await pair.e1.statistics()
         #expect(done.connections.allSatisfy { $0.resyncs == 1 && $0.resyncWaiting == nil }, "\(done.connections)")
         await pair.shutdown()
-    }
-}
-
-/// A memory dataplane whose mirror can be marked incomplete (`followsWholeTable` false), as a
-/// kernel dataplane's is while a new master's re-arm runs.
-final class PartialDataplane: Dataplane, @unchecked Sendable {
-    let inner = MemoryDataplane(vrf: "main")
-    private let lock = NSLock()
-    private var isComplete = true
-    var complete: Bool {
-        get { lock.withLock { isComplete } }
-        set { lock.withLock { isComplete = newValue } }
-    }
-    var followsWholeTable: Bool { complete }
-    var vrf: String { inner.vrf }
-    var count: Int { inner.count }
-    func dump() throws -> [Conntrack] { inner.dump() }
-    func snapshot(share: Int, of count: Int) -> [Conntrack] { inner.snapshot(share: share, of: count) }
-    func subscribe(_ sink: @escaping @Sendable ([ConntrackUpdate]) -> Void) -> DataplaneSubscription { inner.subscribe(sink) }
-    func unsubscribe(_ subscription: DataplaneSubscription) { inner.unsubscribe(subscription) }
-    func apply(_ updates: [ConntrackUpdate]) throws { inner.apply(updates) }
-    func hold(_ updates: [ConntrackUpdate], timeout: UInt32) throws { inner.hold(updates, timeout: timeout) }
-    func held(above threshold: UInt32) throws -> [Conntrack] { inner.held(above: threshold) }
-    func rearm(above threshold: UInt32, timeout: (Conntrack) -> UInt32?) throws -> RearmResult {
-        inner.rearm(above: threshold, timeout: timeout)
     }
 }
