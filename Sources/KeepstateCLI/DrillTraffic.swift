@@ -537,7 +537,14 @@ struct FlowClient {
                     sendOne(i, now: now)
                     if flows[i].record.status != "open" { fds[i].fd = -1 }
                     flows[i].nextDue += interval
-                    if flows[i].nextDue <= now { flows[i].nextDue = now + interval }
+                    if flows[i].nextDue <= now {
+                        // The loop was late (the machine was busy): the missed turns are skipped,
+                        // the flow keeps its place in the interval. Moving every late flow to
+                        // `now + interval` put them all on one tick after the first stall, so a
+                        // run's stalls all carried the same 0-50 ms offset from where the failure
+                        // fell in that one cycle.
+                        flows[i].nextDue += (now - flows[i].nextDue) / interval * interval + interval
+                    }
                 }
             }
             if !announcedReady && flows.allSatisfy({ $0.record.firstReply != nil || $0.record.status != "open" }) {
