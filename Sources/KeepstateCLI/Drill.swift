@@ -497,7 +497,7 @@ struct DrillRun {
             // returned router in sync holds. Its `conntracks` also counts what the policy has not
             // synced (closed conntracks the kernel has not reaped yet, those waiting for a delay).
             // nil when r2 does not answer, or is no longer master (r1 took over between two polls).
-            let table = { r2.state()?.vrfs.first?.synced }
+            let survivorSynced = { r2.state()?.vrfs.first?.synced }
             var lastSurvivor: Int?
             var resync: Double?
             var preemptAt: Double?
@@ -507,7 +507,7 @@ struct DrillRun {
             _ = waitFor(wait, every: 0.02) {
                 // The survivor first: read after r1's state, it could count conntracks made after
                 // r1 became master (the sync connections it opens as master).
-                let survivor = table()
+                let survivor = survivorSynced()
                 if let survivor { lastSurvivor = survivor }
                 let s = r1.state()
                 let held = s?.vrfs.first?.held ?? 0
@@ -534,7 +534,7 @@ struct DrillRun {
             }
             if drill.ha == .static, resync != nil {
                 // A planned switchover back, as an operator would do it.
-                survivorAtPreempt = table()
+                survivorAtPreempt = survivorSynced()
                 try r2.setState("backup")
                 heldAtPreempt = r1.state()?.vrfs.first?.held
                 try r1.setState("master")

@@ -235,7 +235,8 @@ enum DrillAnalysis {
             let before = (f.markBefore.first ?? nil) ?? f.firstReply!
             let stall = seconds(after - before)
             stalls.append(stall)
-            if let kAfter = f.kernelMarkAfter.first ?? nil, let kBefore = (f.kernelMarkBefore.first ?? nil) ?? f.firstReply, kAfter > kBefore {
+            // Kernel times only (a flow without a kernel-stamped reply before the failure has none).
+            if let kAfter = f.kernelMarkAfter.first ?? nil, let kBefore = f.kernelMarkBefore.first ?? nil, kAfter > kBefore {
                 kernelStalls.append(seconds(kAfter - kBefore))
             }
             if let atFailure = f.retransmitsAtMark.first ?? nil,

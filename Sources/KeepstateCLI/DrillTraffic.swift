@@ -83,9 +83,9 @@ enum DrillWire {
     /// data (CLOCK_REALTIME ns, from SO_TIMESTAMPNS; 0 when the kernel gave none).
     static func receive(_ fd: Int32, _ buf: inout [UInt8], kernelTime: inout UInt64) -> Int {
         // cmsghdr (len: size_t, level: int, type: int) then the timespec, 8-aligned: 16 + 16 bytes.
-        var control = [UInt64](repeating: 0, count: 8)
-        return buf.withUnsafeMutableBytes { data in
-            control.withUnsafeMutableBytes { ctl in
+        // On the stack: this runs for every read of every flow.
+        buf.withUnsafeMutableBytes { data in
+            withUnsafeTemporaryAllocation(byteCount: 64, alignment: 8) { ctl in
                 var iov = iovec(iov_base: data.baseAddress, iov_len: data.count)
                 return withUnsafeMutablePointer(to: &iov) { iovp in
                     var msg = msghdr()

@@ -393,22 +393,15 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
             // has none: at a million entries one holds the mirror and the writes for seconds, and a
             // takeover that waits for the holder would wait for it too. Widening the scope again
             // starts with one (see `setEventScope`).
-            let (scope, now) = state.withLock { s in
+            let (scope, now, catchingUp) = state.withLock { s in
                 defer { s.reconcileNow = false }
-                return (s.eventScope, s.reconcileNow)
+                return (s.eventScope, s.reconcileNow, s.catchingUp)
             }
-            if now {
-                lastReconcile = ContinuousClock.now
-                reconcile(countAsOverrun: false)
-                reportProblemChange()
-            } else if scope == .all, state.withLock({ $0.catchingUp }), ContinuousClock.now - lastReconcile > .seconds(1) {
-                // The catching-up reconciliation failed: again a second later (a master's
-                // resyncs wait for it).
-                lastReconcile = ContinuousClock.now
-                reconcile(countAsOverrun: false)
-                reportProblemChange()
-            } else if reconcileInterval > 0, scope == .all,
-               ContinuousClock.now - lastReconcile > .milliseconds(Int(reconcileInterval * 1000)) {
+            let since = ContinuousClock.now - lastReconcile
+            // At once after the scope widened; a catching-up one that failed, again a second
+            // later (a master's resyncs wait for it); then every `reconcileInterval`.
+            if now || scope == .all && (catchingUp && since > .seconds(1)
+                || reconcileInterval > 0 && since > .milliseconds(Int(reconcileInterval * 1000))) {
                 lastReconcile = ContinuousClock.now
                 reconcile(countAsOverrun: false)
                 reportProblemChange()

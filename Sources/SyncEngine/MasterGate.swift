@@ -301,14 +301,11 @@ final class MasterGate: @unchecked Sendable {
                     let held = ConntrackKeySet(distinct: heldList)
                     let isHeld = held.containsEach(tableKeys)
                     var others: [ConntrackKey] = []
-                    var adoptedKeys: [ConntrackKey] = []
-                    adoptedKeys.reserveCapacity(min(heldList.count, tableKeys.count))
-                    for (i, k) in tableKeys.enumerated() {
-                        if isHeld[i] { adoptedKeys.append(k) } else { others.append(k) }
-                    }
-                    adopted = adoptedKeys.count
+                    for (i, k) in tableKeys.enumerated() where !isHeld[i] { others.append(k) }
+                    adopted = tableKeys.count - others.count
                     // Usually every held entry is in the table: the held set itself is adopted.
-                    policy.adoptSynced(set: adopted == held.count ? held : ConntrackKeySet(distinct: adoptedKeys))
+                    policy.adoptSynced(set: adopted == held.count
+                        ? held : ConntrackKeySet(distinct: tableKeys.indices.filter { isHeld[$0] }.map { tableKeys[$0] }))
                     for c in dataplane.snapshot(keys: others) { _ = policy.changed(c, at: now) }
                 }
                 state.withLock { s in

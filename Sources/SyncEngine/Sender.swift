@@ -131,7 +131,23 @@ final class ShareConnection: @unchecked Sendable {
         loop.preconditionInEventLoop()
         var s = stats
         s.queueDepth = sender.queueDepth
+        s.resyncWaiting = resyncWait()?.rawValue
         return s
+    }
+
+    enum ResyncWait: String {
+        /// A frame from the peer since this node became master (`ShareSender.awaitingPeer`).
+        case peer
+        /// The dataplane following the whole table again (`Dataplane.followsWholeTable`).
+        case table
+    }
+
+    /// What a resync this master owes and has not begun waits for; nil when none is owed or it
+    /// may begin.
+    private func resyncWait() -> ResyncWait? {
+        guard sender.isSending, sender.resyncNeeded, sender.resync == nil else { return nil }
+        if sender.awaitingPeer { return .peer }
+        return tableComplete() ? nil : .table
     }
 
     var isIdle: Bool {
@@ -380,26 +396,20 @@ final class ShareConnection: @unchecked Sendable {
 
     func pump() {
         guard let channel, channel.isActive, case .ready = session.state else { return }
-        stats.resyncWaiting = nil
-        if sender.isSending && sender.resyncNeeded && sender.resync == nil {
-            if sender.awaitingPeer {
-                stats.resyncWaiting = "peer"
-            } else if !tableComplete() {
-                // A new master whose re-arm still runs follows deletions only: conntracks made
-                // since the takeover are not in its mirror, and a resync now would end without
-                // them (the peer would then count itself in sync and could take mastership back
-                // without them). Looked at again every 100 ms.
-                stats.resyncWaiting = "table"
-                if !tableRetryScheduled {
-                    tableRetryScheduled = true
-                    loop.scheduleTask(in: .milliseconds(100)) { [self] in
-                        tableRetryScheduled = false
-                        schedulePump()
-                    }
+        if resyncWait() == .table {
+            // A new master whose re-arm still runs follows deletions only: conntracks made since
+            // the takeover are not in its mirror, and a resync now would end without them (the
+            // peer would then count itself in sync and could take mastership back without
+            // them). Looked at again every 100 ms.
+            if !tableRetryScheduled {
+                tableRetryScheduled = true
+                loop.scheduleTask(in: .milliseconds(100)) { [self] in
+                    tableRetryScheduled = false
+                    schedulePump()
                 }
-                settleWaiters()
-                return
             }
+            settleWaiters()
+            return
         }
         var wrote = false
         var now = NIODeadline.now()

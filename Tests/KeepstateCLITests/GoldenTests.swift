@@ -169,6 +169,7 @@ enum Fixtures {
                     var v = VRFReport(name: "main", netns: nil, group: "VG_1", role: "master", conntracks: 1_000_000, held: 0,
                                       holdQueue: 0, holdRefused: 0, lastTakeoverSeconds: 0.0412, lastRearm: 998_731,
                                       connectionsEstablished: 4, connections: 4, dataplaneError: nil)
+                    v.synced = 999_812
                     v.drift = "both"
                     v.driftDetails = ["table ip nat chain postrouting differs", "ha_delays.udp.synchronization: here 0, peer 2"]
                     v.rulesetDigest = String(repeating: "3f2a", count: 16)
@@ -201,6 +202,7 @@ enum Fixtures {
         c0.lastResyncRecords = 250_000
         c0.connects = 2
         c0.queueDepth = 3
+        c0.resyncWaiting = "table"
         var c1 = ConnectionStatistics(index: 1)
         c1.transmit = 249_870
         c1.transmitError = 12
