@@ -81,6 +81,12 @@ struct Drill: ParsableCommand {
     @Option(help: "Sync connections per router (event_threads).") var eventThreads = 4
     @Option(help: "VRRP preempt_delay of the routers (seconds; none by default).") var preemptDelay: Double?
     @Option(help: "The daemons' log level.") var logLevel = "notice"
+    @Flag(help: ArgumentHelp(
+        "Let the CPUs go idle around the failure.",
+        discussion: "By default a lowest-priority (SCHED_IDLE) spinning thread per CPU keeps them awake from just before "
+            + "the failure until the flows answered again: on a virtual machine an idle vCPU's wake-up adds milliseconds "
+            + "to the packets and timers the stall is made of (docs/drill.md)."))
+    var idleCPUs = false
     @Flag(help: "Print the report as JSON.") var json = false
     @Flag(help: "Keep the working directory (configurations, certificates, logs).") var keepFiles = false
 
@@ -125,7 +131,7 @@ struct Drill: ParsableCommand {
 
     var settings: DrillSettings {
         DrillSettings(tcp: tcp, udp: udp, intervalMs: intervalMs, background: background, ha: ha.rawValue, failure: failure.rawValue,
-                      stallBound: stallBound, observe: observe, eventThreads: eventThreads)
+                      stallBound: stallBound, observe: observe, eventThreads: eventThreads, idleCPUs: idleCPUs)
     }
 
     func play() throws -> DrillReport {
@@ -439,6 +445,10 @@ struct DrillRun {
 
         dumpFlows(topo, "before-failure")
         let survivorHasVIPs = try topo.vipWatcher(topo.r2)
+        // The clients' transmit tap, open before the failure (the client's next loop turn); the
+        // CPUs kept awake until the flows answered.
+        let waker = drill.idleCPUs ? nil : CPUWaker()
+        client.send("tap")
         // The failure. Power loss: everything on r1 stops, its links go down at once, then its
         // processes are killed. Links: only the links go down.
         let rtos = topo.clientRTOs()
@@ -461,6 +471,7 @@ struct DrillRun {
         }
         say("r2 master after \(DrillAnalysis.fmt(report.survivorMasterSeconds)) s")
         watchFlows(client, since: failure)
+        waker?.stop()
         dumpFlows(topo, "after-failure")
         let survivor = r2.state()?.vrfs.first
         report.daemonTakeoverSeconds = survivor?.lastTakeoverSeconds
@@ -648,10 +659,14 @@ struct DrillRun {
             if let seen { try? DrillWire.jsonLine(seen).write(toFile: "\(workdir)/\(tag)-server.json", atomically: true, encoding: .utf8) }
         }
         let windowEnd = back ?? flows.stopped
-        report.tcp = DrillAnalysis.atFailure(flows, seen, proto: "tcp", failure: failure, windowEnd: windowEnd, bound: drill.stallBound)
+        let takeover = report.survivorMasterSeconds.map { failure + UInt64($0 * 1e9) }
+        report.tcp = DrillAnalysis.atFailure(flows, seen, proto: "tcp", failure: failure, windowEnd: windowEnd, bound: drill.stallBound,
+                                             takeover: takeover)
         report.udp = DrillAnalysis.atFailure(flows, seen, proto: "udp", failure: failure, windowEnd: windowEnd, bound: drill.stallBound)
         report.allAnsweredSeconds = DrillAnalysis.allAnswered(flows, failure: failure, windowEnd: windowEnd)
         report.clientLateSeconds = DrillAnalysis.seconds(flows.lateAfterMark)
+        report.tapDrops = flows.tapDrops
+        report.tapError = flows.tapError
         return (flows, seen)
     }
 

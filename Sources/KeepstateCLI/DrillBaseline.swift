@@ -200,6 +200,8 @@ extension DrillRun {
 
         // The failure, as in the other runs (`--failure`): power, r1's processes frozen, its ports
         // on the bridges disabled, the processes killed; links, only its links down.
+        let waker = drill.idleCPUs ? nil : CPUWaker()
+        client.send("tap")
         let rtos = topo.clientRTOs()
         report.clientRTOMedianMs = DrillAnalysis.median(rtos)
         report.clientRTOMaxMs = rtos.max()
@@ -215,6 +217,7 @@ extension DrillRun {
         report.survivorMasterSeconds = timeTakeover(since: failure, r2HasVIPs)
         say("r2 has the addresses after \(DrillAnalysis.fmt(report.survivorMasterSeconds)) s")
         watchFlows(client, since: failure)
+        waker?.stop()
         // The commit's duration, from the survivor's notify script (it may still be running).
         if waitFor(60 + Double(drill.background) / 20_000, every: 0.2, { FileManager.default.fileExists(atPath: b.commitLog) }),
            let text = try? String(contentsOfFile: b.commitLog, encoding: .utf8) {

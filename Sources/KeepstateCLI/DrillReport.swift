@@ -17,6 +17,9 @@ public struct DrillSettings: Codable, Sendable, Equatable {
     public var stallBound: Double
     public var observe: Double
     public var eventThreads: Int
+    /// Whether the CPUs were left to go idle around the failure (`--idle-cpus`); by default a
+    /// SCHED_IDLE spinner per CPU kept them awake.
+    public var idleCPUs = false
 }
 
 /// Flows of one protocol around one event (the failure, or the failback).
@@ -45,6 +48,27 @@ public struct DrillFlowSummary: Codable, Sendable, Equatable {
     /// took, loss probes included.
     public var retransmitsMedian: Double?
     public var retransmitsMax: Int?
+    /// TCP, from the clients' transmit tap (nil without one): the stall split at the flow's
+    /// transmission that crossed the new master (the last it sent before it heard from the
+    /// server again after the takeover). `wait`:
+    /// from the last reply before the failure to that transmission, which the clients' TCP
+    /// retransmission timers decide; `answer`: from it to the reply (the routers, the server
+    /// and back). Over the surviving flows the tap saw, by kernel times.
+    public var tapFlows: Int?
+    public var waitMedian: Double?
+    public var waitMax: Double?
+    public var answerMedian: Double?
+    public var answerMax: Double?
+    /// That transmission's time after the survivor held the virtual addresses (seconds; the
+    /// drill's 2 ms poll), and the flows that sent one or more transmissions between that
+    /// moment and the answered one: lost although the addresses had moved.
+    public var answeredAfterTakeoverMedian: Double?
+    public var answeredAfterTakeoverMax: Double?
+    public var lostAfterTakeover: Int?
+    /// The latest of those transmissions sent in vain, in seconds after the survivor had the
+    /// addresses: a few milliseconds point at the announcements (gratuitous ARP) that follow the
+    /// addresses, a later one at forwarding that was not ready.
+    public var lostAfterTakeoverLatest: Double?
     /// UDP messages without a reply (whole run), and the most of one flow.
     public var lost: Int?
     public var lostMaxPerFlow: Int?
@@ -108,6 +132,9 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
     /// The client generator's longest wake-up delay after the failure (seconds; it wakes every
     /// 2 ms): how long it waited for a CPU while the flows stalled.
     public var clientLateSeconds: Double?
+    /// The clients' transmit tap: segments it dropped (a full buffer), or why it did not open.
+    public var tapDrops: UInt32?
+    public var tapError: String?
     public var tcp: DrillFlowSummary
     public var udp: DrillFlowSummary
     public var failback: DrillFailback?
@@ -118,7 +145,7 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case name, sync, loose, baseline, commitSeconds, masterTable, backupHeld, fillSeconds, syncSeconds, backgroundRefused, survivorMasterSeconds,
-             daemonTakeoverSeconds, allAnsweredSeconds, clientRTOMedianMs, clientRTOMaxMs, tcp, udp, failback, survivorCounters, checks, passed
+             daemonTakeoverSeconds, allAnsweredSeconds, clientRTOMedianMs, clientRTOMaxMs, tapDrops, tapError, tcp, udp, failback, survivorCounters, checks, passed
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -138,6 +165,8 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
         try c.encodeIfPresent(allAnsweredSeconds, forKey: .allAnsweredSeconds)
         try c.encodeIfPresent(clientRTOMedianMs, forKey: .clientRTOMedianMs)
         try c.encodeIfPresent(clientRTOMaxMs, forKey: .clientRTOMaxMs)
+        try c.encodeIfPresent(tapDrops, forKey: .tapDrops)
+        try c.encodeIfPresent(tapError, forKey: .tapError)
         try c.encode(tcp, forKey: .tcp)
         try c.encode(udp, forKey: .udp)
         try c.encodeIfPresent(failback, forKey: .failback)
@@ -163,6 +192,8 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
         allAnsweredSeconds = try c.decodeIfPresent(Double.self, forKey: .allAnsweredSeconds)
         clientRTOMedianMs = try c.decodeIfPresent(Double.self, forKey: .clientRTOMedianMs)
         clientRTOMaxMs = try c.decodeIfPresent(Double.self, forKey: .clientRTOMaxMs)
+        tapDrops = try c.decodeIfPresent(UInt32.self, forKey: .tapDrops)
+        tapError = try c.decodeIfPresent(String.self, forKey: .tapError)
         tcp = try c.decode(DrillFlowSummary.self, forKey: .tcp)
         udp = try c.decode(DrillFlowSummary.self, forKey: .udp)
         failback = try c.decodeIfPresent(DrillFailback.self, forKey: .failback)
@@ -216,11 +247,16 @@ enum DrillAnalysis {
 
     /// The flows around the failure (mark 0 at `failure`), up to `windowEnd`.
     static func atFailure(_ client: DrillClientReport, _ server: DrillServerReport?, proto: String, failure: UInt64,
-                          windowEnd: UInt64, bound: Double) -> DrillFlowSummary {
+                          windowEnd: UInt64, bound: Double, takeover: UInt64? = nil) -> DrillFlowSummary {
         var s = DrillFlowSummary()
         var stalls: [Double] = []
         var kernelStalls: [Double] = []
         var retransmits: [Double] = []
+        var waits: [Double] = []
+        var answers: [Double] = []
+        var afterTakeover: [Double] = []
+        var lostAfterTakeover = 0
+        var latestLost: UInt64?
         let seen = Dictionary(uniqueKeysWithValues: (server?.udpFlows ?? []).map { ($0.flow, $0) })
         for f in client.flows where f.proto == proto {
             s.total += 1
@@ -238,6 +274,32 @@ enum DrillAnalysis {
             // Kernel times only (a flow without a kernel-stamped reply before the failure has none).
             if let kAfter = f.kernelMarkAfter.first ?? nil, let kBefore = f.kernelMarkBefore.first ?? nil, kAfter > kBefore {
                 kernelStalls.append(seconds(kAfter - kBefore))
+                // The transmission that crossed: the last one the host sent before it heard from
+                // the server again after its first transmission since the takeover (nothing can
+                // come back before the takeover), or, without the arriving side, before the
+                // answer. Heard "after its first transmission": the server's own retransmission
+                // can cross first, answering nothing the client sent; and an ACK can come back
+                // before the echo and let the host send more, which is not a transmission lost.
+                let since = takeover ?? failure + 10_000_000
+                let heard: UInt64
+                if let arrivals = f.arrivals {
+                    let first = f.transmits?.first(where: { $0 > since }) ?? since
+                    heard = arrivals.first(where: { $0 > first }) ?? kAfter
+                } else {
+                    heard = kAfter
+                }
+                if let sent = f.transmits, let answered = sent.last(where: { $0 <= min(heard, kAfter) }), answered > failure,
+                   answered > kBefore {
+                    waits.append(seconds(answered - kBefore))
+                    answers.append(seconds(kAfter - answered))
+                    if let takeover {
+                        afterTakeover.append(answered >= takeover ? seconds(answered - takeover) : -seconds(takeover - answered))
+                        if let vain = sent.last(where: { $0 > takeover && $0 < answered }) {
+                            lostAfterTakeover += 1
+                            latestLost = max(latestLost ?? 0, vain - takeover)
+                        }
+                    }
+                }
             }
             if let atFailure = f.retransmitsAtMark.first ?? nil,
                let after = f.retransmitsAtMark.count > 1 ? f.retransmitsAtMark[1] : f.retransmitsAtEnd, after >= atFailure {
@@ -252,6 +314,19 @@ enum DrillAnalysis {
         s.kernelStallMax = kernelStalls.max()
         s.retransmitsMedian = median(retransmits)
         s.retransmitsMax = retransmits.max().map { Int($0) }
+        if client.flows.contains(where: { $0.proto == proto && $0.transmits != nil }) {
+            s.tapFlows = waits.count
+            s.waitMedian = median(waits)
+            s.waitMax = waits.max()
+            s.answerMedian = median(answers)
+            s.answerMax = answers.max()
+            if takeover != nil {
+                s.answeredAfterTakeoverMedian = median(afterTakeover)
+                s.answeredAfterTakeoverMax = afterTakeover.max()
+                s.lostAfterTakeover = lostAfterTakeover
+                s.lostAfterTakeoverLatest = latestLost.map(seconds)
+            }
+        }
         if proto == "udp" {
             let flows = client.flows.filter { $0.proto == "udp" }
             s.lost = flows.reduce(0) { $0 + max(0, $1.sent - $1.received) }
@@ -364,7 +439,8 @@ enum DrillAnalysis {
         out += s.failure == "links"
             ? "\nfailure: all links of the master down at once, its daemon left running (links); "
             : "\nfailure: the master cut off from every segment at once (its bridge ports disabled), its daemon killed (power loss); "
-        out += "stall bound \(fmt(s.stallBound)) s\n\n"
+        out += "stall bound \(fmt(s.stallBound)) s; "
+        out += s.idleCPUs ? "CPUs left to idle (--idle-cpus)\n\n" : "CPUs kept awake around the failure (a SCHED_IDLE spinner each)\n\n"
         func f(_ d: Double?) -> String { d.map { fmt($0) } ?? "-" }
         func n(_ i: Int?) -> String { i.map(String.init) ?? "-" }
         let runs = report.runs
@@ -384,6 +460,19 @@ enum DrillAnalysis {
         rows.append(("TCP stall median / max (s)", runs.map { "\(f($0.tcp.stallMedian)) / \(f($0.tcp.stallMax))" }))
         rows.append(("  by kernel receive time (s)", runs.map { "\(f($0.tcp.kernelStallMedian)) / \(f($0.tcp.kernelStallMax))" }))
         rows.append(("  client generator's longest wake-up delay (s)", runs.map { f($0.clientLateSeconds) }))
+        if runs.contains(where: { $0.tcp.tapFlows != nil }) {
+            rows.append(("  flows seen by the clients' transmit tap", runs.map { r in
+                r.tcp.tapFlows.map { "\($0)" + (r.tapDrops.map { $0 > 0 ? " (\($0) dropped)" : "" } ?? "") } ?? "-"
+            }))
+            rows.append(("  wait for the transmission that crossed (s)", runs.map { "\(f($0.tcp.waitMedian)) / \(f($0.tcp.waitMax))" }))
+            rows.append(("  answer to it (s)", runs.map { "\(f($0.tcp.answerMedian)) / \(f($0.tcp.answerMax))" }))
+            rows.append(("  it left after the survivor had the addresses (s)", runs.map {
+                "\(f($0.tcp.answeredAfterTakeoverMedian)) / \(f($0.tcp.answeredAfterTakeoverMax))"
+            }))
+            rows.append(("  flows that sent in vain after the survivor had them (latest, s after)", runs.map { r in
+                r.tcp.lostAfterTakeover.map { "\($0)" + (r.tcp.lostAfterTakeoverLatest.map { " (\(fmt($0)))" } ?? "") } ?? "-"
+            }))
+        }
         rows.append(("TCP retransmissions per flow across the failure, median / max", runs.map { r in
             r.tcp.retransmitsMedian.map { String(format: "%.1f / %d", $0, r.tcp.retransmitsMax ?? 0) } ?? "-"
         }))
@@ -423,6 +512,7 @@ enum DrillAnalysis {
             out += "\n\(r.name): FAILED\n"
             for c in failed { out += "  - \(c.name): \(c.detail)\n" }
         }
+        for r in runs { if let e = r.tapError { out += "\nnote: \(r.name): the clients' transmit tap did not open (\(e))" } }
         for note in report.notes { out += "\nnote: \(note)" }
         out += "\n\(report.passed ? "PASS" : "FAIL"): the drill's expectations \(report.passed ? "hold" : "do not hold")"
         return out

@@ -1,5 +1,6 @@
 import Foundation
 import Spawn
+import Synchronization
 
 // What the drill makes, and undoes on every way out: namespaces, child processes, sysctls of
 // the root namespace, files. SIGINT, SIGTERM and SIGHUP run the same cleanup, then exit.
@@ -318,4 +319,44 @@ final class DrillChild: @unchecked Sendable {
         while isRunning && Date() < deadline { usleep(10_000) }
         return !isRunning
     }
+}
+
+/// Keeps every CPU from going idle while it lives: one spinning thread per CPU at the lowest
+/// scheduling class (SCHED_IDLE), which runs only when nothing else wants that CPU and gives
+/// way at once when something does. The drill starts one just before the failure and stops it
+/// once the flows answered again: on a virtual machine (this one) an idle vCPU is halted, and
+/// waking it for a packet, a timer or a process took milliseconds, which entered the stalls of
+/// runs whose machine was otherwise idle (no background table) and not those of runs kept busy
+/// by a million entries (docs/drill.md, "2026-12-07").
+final class CPUWaker: Sendable {
+    /// What the spinning threads share; they hold this, not the waker, so that the waker's
+    /// end (also on an error path) stops them.
+    private final class State: Sendable {
+        let running = Atomic<Bool>(true)
+        let spinning = Atomic<Int>(0)
+    }
+    private let state = State()
+
+    init(cpus: Int = ProcessInfo.processInfo.activeProcessorCount) {
+        for i in 0..<max(1, cpus) {
+            let state = self.state
+            let t = Thread {
+                var p = sched_param(sched_priority: 0)
+                // 5: SCHED_IDLE (Glibc defines it only under _GNU_SOURCE); pid 0 is this thread.
+                guard sched_setscheduler(0, 5, &p) == 0 else { return }
+                state.spinning.add(1, ordering: .relaxed)
+                while state.running.load(ordering: .relaxed) {}
+                state.spinning.subtract(1, ordering: .relaxed)
+            }
+            t.name = "drill-awake-\(i)"
+            t.start()
+        }
+    }
+
+    /// Threads spinning now (a thread the kernel refused SCHED_IDLE does not spin).
+    var spinning: Int { state.spinning.load(ordering: .relaxed) }
+
+    func stop() { state.running.store(false, ordering: .relaxed) }
+
+    deinit { stop() }
 }

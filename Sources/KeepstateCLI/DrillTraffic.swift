@@ -211,6 +211,13 @@ public struct DrillFlowRecord: Codable, Sendable, Equatable {
     /// loss-probe retransmissions alike) at each mark, and at the end of the run (nil: closed).
     public var retransmitsAtMark: [UInt32?] = []
     public var retransmitsAtEnd: UInt32?
+    /// TCP: when the clients' host sent the flow's data segments (new data and retransmissions
+    /// alike), by the kernel's transmit tap, from the drill's `tap` (just before the failure)
+    /// until a second after every flow answered again; at most 128. Nil: no tap.
+    public var transmits: [UInt64]?
+    /// TCP: when segments of the flow (data or bare ACKs) arrived at the clients' host, by the
+    /// receive side of the same tap, over the same time; at most 128.
+    public var arrivals: [UInt64]?
 }
 
 public struct DrillClientReport: Codable, Sendable, Equatable {
@@ -222,6 +229,10 @@ public struct DrillClientReport: Codable, Sendable, Equatable {
     /// The client loop's longest wake-up delay between the first mark and the second (ns): how long
     /// the generator waited for a CPU between the failure and the return.
     public var lateAfterMark: UInt64 = 0
+    /// Why the transmit tap could not be opened (nil: it was, or none was asked for), and the
+    /// segments it dropped for want of buffer.
+    public var tapError: String?
+    public var tapDrops: UInt32?
 }
 
 /// The client's answer to `since T`.
@@ -449,6 +460,8 @@ struct FlowClient {
         var record: DrillFlowRecord
         var fd: Int32
         var isTCP: Bool
+        /// The local port (host order): the tap's key.
+        var port: UInt16 = 0
         var nextDue: UInt64
         var seq: UInt32 = 0
         var partial: [UInt8] = []
@@ -472,6 +485,13 @@ struct FlowClient {
     /// The loop's longest lateness between the first mark and the second (ns): how long the generator
     /// itself waited for a CPU between the failure and the return.
     var lateAfterMark: UInt64 = 0
+    /// The transmit tap (`tap` command) and when it closes; flows by local port.
+    var tap: TransmitTap?
+    var arrivalTap: TransmitTap?
+    var tapOpened: UInt64 = 0
+    var tapError: String?
+    var tapDrops: UInt32?
+    var byPort: [UInt16: Int] = [:]
 
     init(server: String, port: UInt16, tcp: Int, udp: Int, interval: UInt64, gapThreshold: UInt64) throws {
         DrillWire.raiseFileLimit(tcp + udp + 64)
@@ -509,7 +529,9 @@ struct FlowClient {
                 record.endedAt = now
             }
             // Spread the flows over one interval.
-            flows.append(Flow(record: record, fd: fd, isTCP: isTCP, nextDue: now + interval * UInt64(i) / UInt64(max(1, total))))
+            let port = UInt16(bigEndian: local.sin_port)
+            flows.append(Flow(record: record, fd: fd, isTCP: isTCP, port: port, nextDue: now + interval * UInt64(i) / UInt64(max(1, total))))
+            if isTCP { byPort[port] = i }
         }
     }
 
@@ -521,6 +543,8 @@ struct FlowClient {
         while true {
             for line in stdin.read() { handle(line, stopAt: &stopAt) }
             if stdin.closed && stopAt == nil { stopAt = monotonicNanoseconds() + 300_000_000 }
+            // The taps (one read each while nothing is queued).
+            readTap(closing: stopAt != nil)
             for i in fds.indices { fds[i].revents = 0 }
             let ready = poll(&fds, nfds_t(fds.count), 0)
             let now = monotonicNanoseconds()
@@ -577,6 +601,8 @@ struct FlowClient {
                 flows[i].record.kernelMarkBefore.append(r.last { $0.kernel <= t }?.kernel)
                 flows[i].record.kernelMarkAfter.append(r.first { $0.sent > t }?.kernel)
             }
+        case "tap":
+            openTap()
         case "since":
             guard words.count == 2, let t = UInt64(words[1]) else { return }
             let replied = flows.filter { $0.lastAnsweredSent > t }.count
@@ -584,6 +610,59 @@ struct FlowClient {
             DrillWire.say(DrillWire.jsonLine(DrillClientProgress(since: t, replied: replied, ended: ended, flows: flows.count)))
         default:
             break
+        }
+    }
+
+    /// Opens the transmit tap (the drill says `tap` just before the failure).
+    mutating func openTap() {
+        guard tap == nil, tapOpened == 0 else { return }
+        tapOpened = monotonicNanoseconds()
+        switch (TransmitTap.open(.outgoing), TransmitTap.open(.arriving)) {
+        case (.success(let out), .success(let arriving)):
+            tap = out
+            arrivalTap = arriving
+            for i in flows.indices where flows[i].isTCP {
+                flows[i].record.transmits = []
+                flows[i].record.arrivals = []
+            }
+        case (.failure(let e), let other), (let other, .failure(let e)):
+            tapError = e.description
+            if case .success(let t) = other { t.close() }
+        }
+    }
+
+    /// Records what the tap saw; closes it a second after every flow answered again after the
+    /// first mark, 15 s after it opened, or when the client stops.
+    mutating func readTap(closing: Bool) {
+        guard var t = tap, var a = arrivalTap else { return }
+        let offset = realtimeOffset
+        a.drain { port, realtime in
+            guard let i = byPort[port], (flows[i].record.arrivals?.count ?? 128) < 128 else { return }
+            flows[i].record.arrivals!.append(UInt64(clamping: Int64(realtime) - offset))
+        }
+        t.drain { port, realtime in
+            guard let i = byPort[port], (flows[i].record.transmits?.count ?? 128) < 128 else { return }
+            flows[i].record.transmits!.append(UInt64(clamping: Int64(realtime) - offset))
+        }
+        tap = t
+        arrivalTap = a
+        let now = monotonicNanoseconds()
+        var done = closing || now - tapOpened > 15_000_000_000
+        if !done, !marks.isEmpty {
+            var latest: UInt64 = 0
+            done = flows.allSatisfy { f in
+                guard f.record.status == "open" else { return true }
+                guard let a = f.record.markAfter.first ?? nil else { return false }
+                latest = max(latest, a)
+                return true
+            } && now > latest + 1_000_000_000
+        }
+        if done {
+            tapDrops = t.takeDrops() + a.takeDrops()
+            t.close()
+            a.close()
+            tap = nil
+            arrivalTap = nil
         }
     }
 
@@ -683,7 +762,8 @@ struct FlowClient {
 
     mutating func report() -> DrillClientReport {
         for i in flows.indices { flows[i].record.retransmitsAtEnd = retransmits(i) }
+        if tap != nil { readTap(closing: true) }
         return DrillClientReport(started: started, stopped: monotonicNanoseconds(), marks: marks, gapThreshold: gapThreshold,
-                          flows: flows.map(\.record), lateAfterMark: lateAfterMark)
+                          flows: flows.map(\.record), lateAfterMark: lateAfterMark, tapError: tapError, tapDrops: tapDrops)
     }
 }

@@ -134,6 +134,142 @@ struct DrillTests {
         #expect(failback(held: 12, survivorAtPreempt: nil).map(\.name) == ["the returned router became master only with the table"])
     }
 
+    /// The stall split at the transmission answered (the last one the clients' host sent before
+    /// the answer), and the flows that sent in vain after the survivor had the addresses.
+    @Test("the transmit tap's times split the stall into TCP's wait and the answer")
+    func stallSplit() {
+        let s: UInt64 = 1_000_000_000
+        let ms = s / 1000
+        let failure = 10 * s
+        let takeover = failure + 300 * ms
+        func flow(_ n: UInt32, transmits: [UInt64]?) -> DrillFlowRecord {
+            var f = DrillFlowRecord(flow: n, proto: "tcp", local: "100.64.0.10:\(60000 + n)", sent: 300, received: 290, sendFailed: 0,
+                                    firstReply: 1 * s, lastReply: failure + 700 * ms, gaps: [], status: "open", error: nil, endedAt: nil,
+                                    markBefore: [failure - 40 * ms], markAfter: [failure + 700 * ms])
+            f.kernelMarkBefore = [failure - 40 * ms]
+            f.kernelMarkAfter = [failure + 690 * ms]
+            f.transmits = transmits
+            return f
+        }
+        // Flow 0 (no arriving side): new data before the takeover, then the retransmission at
+        // +660 ms answered 30 ms later (a transmission after the answer does not count). Flow 1:
+        // one transmission at +400 ms, after the addresses moved, went unanswered; the server
+        // was heard again 1 ms after the one at +670 ms. Flow 2: the tap saw nothing after the
+        // failure (its transmission predates the tap): left out, not guessed. Flow 3: the one at
+        // +650 ms crossed; its ACK came back at +652 ms and let the host send new data at +655
+        // ms, before the echo: not a transmission lost, and not the one that crossed. Flow 4:
+        // the server's own retransmission crossed first (+416 ms, answering nothing the client
+        // sent after the takeover); the client's at +628 ms crossed, answered at +690 ms.
+        var serverFirst = flow(4, transmits: [failure + 10 * ms, failure + 216 * ms, failure + 628 * ms])
+        serverFirst.arrivals = [failure + 416 * ms, failure + 629 * ms, failure + 690 * ms]
+        var acked = flow(3, transmits: [failure + 10 * ms, failure + 650 * ms, failure + 655 * ms])
+        acked.arrivals = [failure - 40 * ms, failure + 1 * ms, failure + 652 * ms, failure + 690 * ms]
+        var heard = flow(1, transmits: [failure + 10 * ms, failure + 400 * ms, failure + 670 * ms])
+        heard.arrivals = [failure + 671 * ms]
+        let client = DrillClientReport(
+            started: 0, stopped: 20 * s, marks: [failure], gapThreshold: s / 10,
+            flows: [flow(0, transmits: [failure - 40 * ms - 2 * ms, failure + 10 * ms, failure + 210 * ms, failure + 660 * ms, failure + 720 * ms]),
+                    heard, flow(2, transmits: [failure - 45 * ms]), acked, serverFirst])
+        let tcp = DrillAnalysis.atFailure(client, nil, proto: "tcp", failure: failure, windowEnd: 20 * s, bound: 3, takeover: takeover)
+        #expect(tcp.survived == 5 && tcp.tapFlows == 4)
+        func near(_ a: Double?, _ b: Double) -> Bool { abs((a ?? -1) - b) < 1e-9 }
+        #expect(near(tcp.waitMax, 0.710) && near(tcp.answerMax, 0.062), "\(tcp)")
+        #expect(near(tcp.waitMedian, 0.695) && near(tcp.answerMedian, 0.035), "\(tcp)")
+        #expect(near(tcp.answeredAfterTakeoverMax, 0.370) && tcp.lostAfterTakeover == 1, "\(tcp)")
+        #expect(near(tcp.lostAfterTakeoverLatest, 0.100), "\(tcp)")
+        // Without a takeover time there is no takeover split; without any tap, no split at all.
+        let noTakeover = DrillAnalysis.atFailure(client, nil, proto: "tcp", failure: failure, windowEnd: 20 * s, bound: 3)
+        #expect(noTakeover.tapFlows == 4 && noTakeover.lostAfterTakeover == nil && noTakeover.answeredAfterTakeoverMedian == nil)
+        var untapped = client
+        for i in untapped.flows.indices {
+            untapped.flows[i].transmits = nil
+            untapped.flows[i].arrivals = nil
+        }
+        let none = DrillAnalysis.atFailure(untapped, nil, proto: "tcp", failure: failure, windowEnd: 20 * s, bound: 3, takeover: takeover)
+        #expect(none.tapFlows == nil && none.waitMedian == nil)
+
+        var run = DrillRunReport(name: "sync loose=1", sync: true, loose: 1)
+        run.tcp = tcp
+        run.tapDrops = 7
+        let settings = DrillSettings(tcp: 5, udp: 0, intervalMs: 50, background: 0, ha: "vrrp", failure: "power",
+                                     stallBound: 3, observe: 6, eventThreads: 4)
+        let table = DrillAnalysis.table(DrillReport(settings: settings, runs: [run], notes: [], passed: true))
+        let rows = table.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ") }
+        #expect(rows.contains("flows seen by the clients' transmit tap 4 (7 dropped)"), "\(table)")
+        #expect(rows.contains("wait for the transmission that crossed (s) 0.695 / 0.710"), "\(table)")
+        #expect(rows.contains("flows that sent in vain after the survivor had them (latest, s after) 1 (0.100)"), "\(table)")
+        run.tapError = "packet socket: Operation not permitted"
+        #expect(DrillAnalysis.table(DrillReport(settings: settings, runs: [run], notes: [], passed: true))
+            .contains("note: sync loose=1: the clients' transmit tap did not open (packet socket: Operation not permitted)"))
+    }
+
+    @Test("the CPU waker spins a SCHED_IDLE thread per CPU until it is stopped or released")
+    func cpuWaker() throws {
+        func waitUntil(_ what: () -> Bool) -> Bool {
+            let deadline = Date().addingTimeInterval(10)
+            while Date() < deadline {
+                if what() { return true }
+                usleep(1000)
+            }
+            return what()
+        }
+        let waker = CPUWaker(cpus: 2)
+        #expect(waitUntil { waker.spinning == 2 })
+        waker.stop()
+        #expect(waitUntil { waker.spinning == 0 })
+        // Released without stop (an error path of the drill): its threads stop too.
+        var count = { 0 }
+        do {
+            let other = CPUWaker(cpus: 1)
+            #expect(waitUntil { other.spinning == 1 })
+            count = { [weak other] in other?.spinning ?? -1 }
+        }
+        #expect(count() == -1)
+        // Nothing of either still runs at SCHED_IDLE in this process (policy: field 41 of a task's stat).
+        func idleTasks() -> Int {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+            return tasks.filter { t in
+                guard let stat = try? String(contentsOfFile: "/proc/self/task/\(t)/stat", encoding: .utf8),
+                      let close = stat.lastIndex(of: ")") else { return false }
+                let fields = stat[stat.index(after: close)...].split(separator: " ")
+                return fields.count > 38 && fields[38] == "5"
+            }.count
+        }
+        let probe = CPUWaker(cpus: 1)
+        #expect(waitUntil { probe.spinning == 1 && idleTasks() == 1 }, "the policy is seen where it is set")
+        probe.stop()
+        #expect(waitUntil { idleTasks() == 0 })
+    }
+
+    @Test("the transmit tap keeps IPv4 TCP segments with data and nothing else")
+    func tapSegments() {
+        // IPv4 (IHL 5), total length 56, TCP from port 61000 with a 20-byte header: 16 bytes of data.
+        var data: [UInt8] = [0x45, 0, 0, 56, 0, 0, 0x40, 0, 64, 6, 0, 0, 100, 64, 0, 10, 198, 51, 100, 10]
+        data += [0xEE, 0x48, 0x1B, 0x58, 0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x18, 0xFF, 0xFF, 0, 0, 0, 0] + [UInt8](repeating: 7, count: 16)
+        #expect(TransmitTap.dataSegmentSource(data[...]) == 61000)
+        // Cut to the snap length the filter keeps: the header still says 16 bytes of data.
+        #expect(TransmitTap.dataSegmentSource(data.prefix(40)) == 61000)
+        var ack = Array(data.prefix(40))
+        ack[3] = 40
+        #expect(TransmitTap.dataSegmentSource(ack[...]) == nil)
+        var withOptions = data
+        withOptions[32] = 0x80  // a 32-byte TCP header: 4 bytes of data left
+        #expect(TransmitTap.dataSegmentSource(withOptions[...]) == 61000)
+        withOptions[3] = 52  // now nothing but the header
+        #expect(TransmitTap.dataSegmentSource(withOptions[...]) == nil)
+        var udp = data
+        udp[9] = 17
+        #expect(TransmitTap.dataSegmentSource(udp[...]) == nil)
+        #expect(TransmitTap.dataSegmentSource(data.prefix(30)) == nil)
+        var ipv6 = data
+        ipv6[0] = 0x60
+        #expect(TransmitTap.dataSegmentSource(ipv6[...]) == nil)
+        #expect(TransmitTap.dataSegmentSource([]) == nil)
+        // The arriving side keys any TCP segment by its destination port, a bare ACK too.
+        #expect(TransmitTap.segmentDestination(data[...]) == 7000 && TransmitTap.segmentDestination(ack[...]) == 7000)
+        #expect(TransmitTap.segmentDestination(udp[...]) == nil && TransmitTap.segmentDestination(data.prefix(23)) == nil)
+    }
+
     @Test("the clients' RTOs are read from ss, and the returned router's resync is recognised")
     func rtoAndResync() {
         let ss = """
@@ -169,6 +305,9 @@ struct DrillTests {
         #expect(report.runs.map(\.name) == ["sync loose=1", "control loose=1"])
         let sync = try #require(report.runs.first)
         #expect(sync.tcp.survived == 100 && sync.tcp.reset == 0)
+        // The clients' transmit tap saw every surviving flow's answered transmission.
+        #expect(sync.tapError == nil && sync.tcp.tapFlows == 100, "tap: \(sync.tapError ?? "-"), \(String(describing: sync.tcp.tapFlows))")
+        #expect((sync.tcp.waitMedian ?? 0) > 0 && (sync.tcp.answerMedian ?? -1) >= 0)
         #expect(sync.udp.survived == 20 && sync.udp.reNATed == 0)
         #expect((sync.backupHeld ?? 0) >= 10_000)
         #expect(sync.failback?.tcp.reset == 0)
