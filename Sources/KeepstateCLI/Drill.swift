@@ -81,7 +81,7 @@ struct Drill: ParsableCommand {
     @Option(help: "Sync connections per router (event_threads).") var eventThreads = 4
     @Option(help: "VRRP preempt_delay of the routers (seconds; none by default).") var preemptDelay: Double?
     @Option(help: "The daemons' log level.") var logLevel = "notice"
-    @Flag(help: ArgumentHelp(
+    @Flag(name: .customLong("idle-cpus"), help: ArgumentHelp(
         "Let the CPUs go idle around the failure.",
         discussion: "By default a lowest-priority (SCHED_IDLE) spinning thread per CPU keeps them awake from just before "
             + "the failure until the flows answered again: on a virtual machine an idle vCPU's wake-up adds milliseconds "

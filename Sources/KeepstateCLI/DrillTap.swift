@@ -25,7 +25,8 @@ struct TransmitTap {
     /// What the filter passes of a segment: IPv4 and TCP headers with options.
     static let snap: UInt32 = 128
 
-    /// Opens the tap; nil with the reason when the kernel refuses (not root, no AF_PACKET).
+    /// Opens the tap, or says why the kernel refused (not root, no AF_PACKET). Segments queued
+    /// before the filter is attached are of no flow's port in the direction read, and ignored.
     static func open(_ direction: Direction) -> Result<TransmitTap, TapError> {
         // SOCK_DGRAM: each packet from its network header on. ETH_P_ALL: a socket bound to one
         // protocol (ETH_P_IP) gets only what arrives, never the transmit tap's copies.

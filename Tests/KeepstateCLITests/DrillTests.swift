@@ -203,6 +203,15 @@ struct DrillTests {
             .contains("note: sync loose=1: the clients' transmit tap did not open (packet socket: Operation not permitted)"))
     }
 
+    @Test("the drill's options are spelt as docs/drill.md gives them")
+    func optionNames() {
+        let help = Drill.helpMessage()
+        for option in ["--idle-cpus", "--no-control", "--no-failback", "--baseline", "--keep-files", "--background", "--loose"] {
+            #expect(help.contains(option), "\(option) missing from:\n\(help)")
+        }
+        #expect(!help.contains("--idle-cp-us"))
+    }
+
     @Test("the CPU waker spins a SCHED_IDLE thread per CPU until it is stopped or released")
     func cpuWaker() throws {
         func waitUntil(_ what: () -> Bool) -> Bool {
