@@ -25,9 +25,10 @@ public struct ConntrackKeySet: Sendable, Sequence {
     /// A set of `keys`, which must be distinct (the keys of one table, say; a repeated key would
     /// be stored twice). No key is compared, and they are placed in the order of their home
     /// slots (`SlotIndex.homeOrder`), so that the index and the key array are written nearly
-    /// sequentially: a node taking over a table of 1,000,000 builds its sets this way.
-    public init(distinct keys: [ConntrackKey]) {
-        self.init(minimumCapacity: keys.count)
+    /// sequentially: a node taking over a table of 1,000,000 builds its sets this way. Room for
+    /// `minimumCapacity` keys (at least `keys.count`) without a rebuild.
+    public init(distinct keys: [ConntrackKey], minimumCapacity: Int = 0) {
+        self.init(minimumCapacity: Swift.max(keys.count, minimumCapacity))
         let seed = self.seed
         let hashes = keys.map { Self.hash($0, seed: seed) }
         for i in index.homeOrder(hashes) {

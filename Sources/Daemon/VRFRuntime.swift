@@ -121,6 +121,8 @@ final class VRFRuntime {
             // its `nft` runs, one more at each reload that retried the VRF), not the engine.
             updateRulesetWatcher(engine: nil)
             await engine.shutdown()
+            // No engine decides any more (this one may have narrowed it as backup).
+            dataplane.setEventScope(.all)
             throw error
         }
         engine.startSending()

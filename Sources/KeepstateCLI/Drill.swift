@@ -445,10 +445,7 @@ struct DrillRun {
 
         dumpFlows(topo, "before-failure")
         let survivorHasVIPs = try topo.vipWatcher(topo.r2)
-        // The clients' transmit tap, open before the failure (the client's next loop turn); the
-        // CPUs kept awake until the flows answered.
-        let waker = drill.idleCPUs ? nil : CPUWaker()
-        client.send("tap")
+        let waker = beforeFailure(client, &report)
         // The failure. Power loss: everything on r1 stops, its links go down at once, then its
         // processes are killed. Links: only the links go down.
         let rtos = topo.clientRTOs()
@@ -518,8 +515,10 @@ struct DrillRun {
             _ = waitFor(wait, every: 0.02) {
                 // The survivor first: read after r1's state, it could count conntracks made after
                 // r1 became master (the sync connections it opens as master).
-                let survivor = survivorSynced()
-                if let survivor { lastSurvivor = survivor }
+                // This poll's, or, when the survivor was already backup (r1 took over since the
+                // last poll), the last poll's: at most one poll, 20 ms, before r1 became master.
+                let survivor = survivorSynced() ?? lastSurvivor
+                lastSurvivor = survivor
                 let s = r1.state()
                 let held = s?.vrfs.first?.held ?? 0
                 let t = DrillAnalysis.seconds(monotonicNanoseconds() - returned)
@@ -532,9 +531,7 @@ struct DrillRun {
                 if drill.ha == .vrrp, preemptAt == nil, master {
                     preemptAt = t
                     heldAtPreempt = held
-                    // This poll's, or, when the survivor was already backup, the last poll's
-                    // (at most one poll, 20 ms, before r1 became master).
-                    survivorAtPreempt = survivor ?? lastSurvivor
+                    survivorAtPreempt = survivor
                 }
                 if preemptAt != nil { return true }
                 // Static: the drill switches back itself once the table is there.
@@ -583,6 +580,27 @@ struct DrillRun {
     /// Seconds from `failure` until the survivor holds the addresses, polled every 2 ms with
     /// netlink, not through its control socket (measuring must not load it); nil: not within
     /// the observation time.
+    /// Just before a failure: the CPUs kept awake until the flows answered (`--idle-cpus` lets
+    /// them idle), and the clients' transmit tap open. Waits for both (at most a second each), so
+    /// that neither starts after the failure; the report says how many spinners ran and why the
+    /// tap did not open, if it did not. Stop the waker it returns once the flows answered.
+    func beforeFailure(_ client: DrillChild, _ report: inout DrillRunReport) -> CPUWaker? {
+        var waker: CPUWaker?
+        if !drill.idleCPUs {
+            let w = CPUWaker()
+            _ = waitFor(1, every: 0.005) { w.spinning == w.threads }
+            report.cpuSpinners = w.spinning
+            report.cpus = w.threads
+            waker = w
+        }
+        client.send("tap")
+        let deadline = Date(timeIntervalSinceNow: 1)
+        while deadline.timeIntervalSinceNow > 0, let line = client.nextLine(timeout: deadline.timeIntervalSinceNow) {
+            if line.hasPrefix("tap") { break }
+        }
+        return waker
+    }
+
     func timeTakeover(since failure: UInt64, _ survivorHasVIPs: () -> Bool) -> Double? {
         guard waitFor(drill.observe, every: 0.002, survivorHasVIPs) else { return nil }
         return DrillAnalysis.seconds(monotonicNanoseconds() - failure)

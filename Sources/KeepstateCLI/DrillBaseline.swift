@@ -200,8 +200,7 @@ extension DrillRun {
 
         // The failure, as in the other runs (`--failure`): power, r1's processes frozen, its ports
         // on the bridges disabled, the processes killed; links, only its links down.
-        let waker = drill.idleCPUs ? nil : CPUWaker()
-        client.send("tap")
+        let waker = beforeFailure(client, &report)
         let rtos = topo.clientRTOs()
         report.clientRTOMedianMs = DrillAnalysis.median(rtos)
         report.clientRTOMaxMs = rtos.max()

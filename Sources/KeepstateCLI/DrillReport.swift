@@ -132,6 +132,10 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
     /// The client generator's longest wake-up delay after the failure (seconds; it wakes every
     /// 2 ms): how long it waited for a CPU while the flows stalled.
     public var clientLateSeconds: Double?
+    /// The CPU waker's SCHED_IDLE spinners running at the failure, of one per CPU (nil:
+    /// `--idle-cpus`).
+    public var cpuSpinners: Int?
+    public var cpus: Int?
     /// The clients' transmit tap: segments it dropped (a full buffer), or why it did not open.
     public var tapDrops: UInt32?
     public var tapError: String?
@@ -145,7 +149,7 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case name, sync, loose, baseline, commitSeconds, masterTable, backupHeld, fillSeconds, syncSeconds, backgroundRefused, survivorMasterSeconds,
-             daemonTakeoverSeconds, allAnsweredSeconds, clientRTOMedianMs, clientRTOMaxMs, tapDrops, tapError, tcp, udp, failback, survivorCounters, checks, passed
+             daemonTakeoverSeconds, allAnsweredSeconds, clientRTOMedianMs, clientRTOMaxMs, clientLateSeconds, cpuSpinners, cpus, tapDrops, tapError, tcp, udp, failback, survivorCounters, checks, passed
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -165,6 +169,9 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
         try c.encodeIfPresent(allAnsweredSeconds, forKey: .allAnsweredSeconds)
         try c.encodeIfPresent(clientRTOMedianMs, forKey: .clientRTOMedianMs)
         try c.encodeIfPresent(clientRTOMaxMs, forKey: .clientRTOMaxMs)
+        try c.encodeIfPresent(clientLateSeconds, forKey: .clientLateSeconds)
+        try c.encodeIfPresent(cpuSpinners, forKey: .cpuSpinners)
+        try c.encodeIfPresent(cpus, forKey: .cpus)
         try c.encodeIfPresent(tapDrops, forKey: .tapDrops)
         try c.encodeIfPresent(tapError, forKey: .tapError)
         try c.encode(tcp, forKey: .tcp)
@@ -192,6 +199,9 @@ public struct DrillRunReport: Codable, Sendable, Equatable {
         allAnsweredSeconds = try c.decodeIfPresent(Double.self, forKey: .allAnsweredSeconds)
         clientRTOMedianMs = try c.decodeIfPresent(Double.self, forKey: .clientRTOMedianMs)
         clientRTOMaxMs = try c.decodeIfPresent(Double.self, forKey: .clientRTOMaxMs)
+        clientLateSeconds = try c.decodeIfPresent(Double.self, forKey: .clientLateSeconds)
+        cpuSpinners = try c.decodeIfPresent(Int.self, forKey: .cpuSpinners)
+        cpus = try c.decodeIfPresent(Int.self, forKey: .cpus)
         tapDrops = try c.decodeIfPresent(UInt32.self, forKey: .tapDrops)
         tapError = try c.decodeIfPresent(String.self, forKey: .tapError)
         tcp = try c.decode(DrillFlowSummary.self, forKey: .tcp)
@@ -288,7 +298,9 @@ enum DrillAnalysis {
                 } else {
                     heard = kAfter
                 }
-                if let sent = f.transmits, let answered = sent.last(where: { $0 <= min(heard, kAfter) }), answered > failure,
+                // A flow whose record reached the taps' limit may have its crossing past the end.
+                let full = (f.transmits?.count ?? 0) >= DrillFlowRecord.tapLimit || (f.arrivals?.count ?? 0) >= DrillFlowRecord.tapLimit
+                if !full, let sent = f.transmits, let answered = sent.last(where: { $0 <= min(heard, kAfter) }), answered > failure,
                    answered > kBefore {
                     waits.append(seconds(answered - kBefore))
                     answers.append(seconds(kAfter - answered))
@@ -462,7 +474,7 @@ enum DrillAnalysis {
         rows.append(("  client generator's longest wake-up delay (s)", runs.map { f($0.clientLateSeconds) }))
         if runs.contains(where: { $0.tcp.tapFlows != nil }) {
             rows.append(("  flows seen by the clients' transmit tap", runs.map { r in
-                r.tcp.tapFlows.map { "\($0)" + (r.tapDrops.map { $0 > 0 ? " (\($0) dropped)" : "" } ?? "") } ?? "-"
+                r.tcp.tapFlows.map { "\($0)" + (r.tapDrops.map { $0 > 0 ? " (\($0) lost)" : "" } ?? "") } ?? "-"
             }))
             rows.append(("  wait for the transmission that crossed (s)", runs.map { "\(f($0.tcp.waitMedian)) / \(f($0.tcp.waitMax))" }))
             rows.append(("  answer to it (s)", runs.map { "\(f($0.tcp.answerMedian)) / \(f($0.tcp.answerMax))" }))
@@ -512,7 +524,12 @@ enum DrillAnalysis {
             out += "\n\(r.name): FAILED\n"
             for c in failed { out += "  - \(c.name): \(c.detail)\n" }
         }
-        for r in runs { if let e = r.tapError { out += "\nnote: \(r.name): the clients' transmit tap did not open (\(e))" } }
+        for r in runs {
+            if let e = r.tapError { out += "\nnote: \(r.name): the clients' transmit tap did not open (\(e))" }
+            if let n = r.cpuSpinners, let m = r.cpus, n < m {
+                out += "\nnote: \(r.name): \(n) of \(m) CPU spinners ran at the failure (the kernel refused SCHED_IDLE, or they were late)"
+            }
+        }
         for note in report.notes { out += "\nnote: \(note)" }
         out += "\n\(report.passed ? "PASS" : "FAIL"): the drill's expectations \(report.passed ? "hold" : "do not hold")"
         return out

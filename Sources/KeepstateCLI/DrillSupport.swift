@@ -336,9 +336,12 @@ final class CPUWaker: Sendable {
         let spinning = Atomic<Int>(0)
     }
     private let state = State()
+    /// The threads started, one per CPU.
+    let threads: Int
 
     init(cpus: Int = ProcessInfo.processInfo.activeProcessorCount) {
-        for i in 0..<max(1, cpus) {
+        threads = max(1, cpus)
+        for i in 0..<threads {
             let state = self.state
             let t = Thread {
                 var p = sched_param(sched_priority: 0)

@@ -10,7 +10,7 @@ import Foundation
 /// TCP segments of one direction: outgoing ones that carry data (keyed by their source port),
 /// or arriving ones of any kind (keyed by their destination port), with the kernel's time in
 /// CLOCK_REALTIME ns.
-struct TransmitTap {
+final class TransmitTap {
     enum Direction {
         /// Sent by this host, data segments only (new data and retransmissions).
         case outgoing
@@ -21,17 +21,24 @@ struct TransmitTap {
     let fd: Int32
     let direction: Direction
     private var buf = [UInt8](repeating: 0, count: 256)
+    /// Segments of its kind that came without a kernel time (not recorded).
+    private(set) var unstamped: UInt32 = 0
+
+    private init(fd: Int32, direction: Direction) {
+        self.fd = fd
+        self.direction = direction
+    }
 
     /// What the filter passes of a segment: IPv4 and TCP headers with options.
     static let snap: UInt32 = 128
 
     /// Opens the tap, or says why the kernel refused (not root, no AF_PACKET). Segments queued
     /// before the filter is attached are of no flow's port in the direction read, and ignored.
-    static func open(_ direction: Direction) -> Result<TransmitTap, TapError> {
+    static func open(_ direction: Direction) -> Result<TransmitTap, DrillError> {
         // SOCK_DGRAM: each packet from its network header on. ETH_P_ALL: a socket bound to one
         // protocol (ETH_P_IP) gets only what arrives, never the transmit tap's copies.
         let fd = socket(AF_PACKET, Int32(SOCK_DGRAM.rawValue), Int32(UInt16(0x0003).bigEndian))
-        guard fd >= 0 else { return .failure(TapError("packet socket: \(DrillWire.errorName(errno))")) }
+        guard fd >= 0 else { return .failure(DrillError("packet socket: \(DrillWire.errorName(errno))")) }
         // Classic BPF: the direction (SKF_AD_PKTTYPE: PACKET_OUTGOING, or PACKET_HOST), IPv4
         // (SKF_AD_PROTOCOL), IP protocol TCP; the first `snap` bytes. The rest stays in the kernel.
         var program: [TapFilter] = [
@@ -51,7 +58,7 @@ struct TransmitTap {
         guard attached == 0 else {
             let e = errno
             Glibc.close(fd)
-            return .failure(TapError("the tap's filter: \(DrillWire.errorName(e))"))
+            return .failure(DrillError("the tap's filter: \(DrillWire.errorName(e))"))
         }
         DrillWire.setInt(fd, SOL_SOCKET, DrillWire.soTimestampNS, 1)
         // Room for a burst: every flow's retransmission can leave in one timer tick.
@@ -61,7 +68,7 @@ struct TransmitTap {
     }
 
     /// Reads every segment queued; calls `seen` for each of its kind, with the client's port.
-    mutating func drain(_ seen: (_ port: UInt16, _ realtime: UInt64) -> Void) {
+    func drain(_ seen: (_ port: UInt16, _ realtime: UInt64) -> Void) {
         while true {
             var kernel: UInt64 = 0
             let n = DrillWire.receive(fd, &buf, kernelTime: &kernel)
@@ -70,7 +77,11 @@ struct TransmitTap {
                 return
             }
             let port = direction == .outgoing ? Self.dataSegmentSource(buf.prefix(n)) : Self.segmentDestination(buf.prefix(n))
-            guard let port, kernel > 0 else { continue }
+            guard let port else { continue }
+            guard kernel > 0 else {
+                unstamped &+= 1
+                continue
+            }
             seen(port, kernel)
         }
     }
@@ -98,20 +109,15 @@ struct TransmitTap {
     }
 
     /// Segments the kernel dropped because the tap's buffer was full (PACKET_STATISTICS; reading
-    /// resets the kernel's counter).
-    func takeDrops() -> UInt32 {
+    /// resets the kernel's counter); nil when the kernel did not say.
+    func takeDrops() -> UInt32? {
         var stats = (UInt32(0), UInt32(0))  // tpacket_stats: tp_packets, tp_drops
         var len = socklen_t(MemoryLayout<(UInt32, UInt32)>.size)
-        guard getsockopt(fd, 263 /* SOL_PACKET */, 6 /* PACKET_STATISTICS */, &stats, &len) == 0 else { return 0 }
+        guard getsockopt(fd, 263 /* SOL_PACKET */, 6 /* PACKET_STATISTICS */, &stats, &len) == 0 else { return nil }
         return stats.1
     }
 
     func close() { _ = Glibc.close(fd) }
-}
-
-struct TapError: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
 }
 
 /// struct sock_filter (linux/filter.h).

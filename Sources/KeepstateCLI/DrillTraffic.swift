@@ -213,11 +213,15 @@ public struct DrillFlowRecord: Codable, Sendable, Equatable {
     public var retransmitsAtEnd: UInt32?
     /// TCP: when the clients' host sent the flow's data segments (new data and retransmissions
     /// alike), by the kernel's transmit tap, from the drill's `tap` (just before the failure)
-    /// until a second after every flow answered again; at most 128. Nil: no tap.
+    /// until a second after every flow answered again; at most `tapLimit`. Nil: no tap.
     public var transmits: [UInt64]?
     /// TCP: when segments of the flow (data or bare ACKs) arrived at the clients' host, by the
-    /// receive side of the same tap, over the same time; at most 128.
+    /// receive side of the same tap, over the same time; at most `tapLimit`.
     public var arrivals: [UInt64]?
+
+    /// The most times of each kind the taps keep per flow; a flow that reached it is left out
+    /// of the stall's split (its transmission that crossed may be past the end).
+    public static let tapLimit = 128
 }
 
 public struct DrillClientReport: Codable, Sendable, Equatable {
@@ -230,7 +234,7 @@ public struct DrillClientReport: Codable, Sendable, Equatable {
     /// the generator waited for a CPU between the failure and the return.
     public var lateAfterMark: UInt64 = 0
     /// Why the transmit tap could not be opened (nil: it was, or none was asked for), and the
-    /// segments it dropped for want of buffer.
+    /// segments the taps lost: dropped by the kernel for want of buffer, or without a time.
     public var tapError: String?
     public var tapDrops: UInt32?
 }
@@ -577,10 +581,12 @@ struct FlowClient {
                 DrillWire.say(failed.isEmpty ? "ready" : "not-ready \(failed.count) flows failed: \(failed.first!.record.error ?? failed.first!.record.status)")
             }
             next += tick
+            let done = monotonicNanoseconds()
+            if next < done { next = done }  // the turn's work overran its tick: the next at once
+            DrillWire.sleep(until: next)
+            // How late it woke (not how long its own work took).
             let woke = monotonicNanoseconds()
             if marks.count == 1, woke > next { lateAfterMark = max(lateAfterMark, woke - next) }
-            if next < woke { next = woke }
-            DrillWire.sleep(until: next)
         }
     }
 
@@ -603,6 +609,7 @@ struct FlowClient {
             }
         case "tap":
             openTap()
+            DrillWire.say(tapError.map { "tap failed: \($0)" } ?? "tap open")
         case "since":
             guard words.count == 2, let t = UInt64(words[1]) else { return }
             let replied = flows.filter { $0.lastAnsweredSent > t }.count
@@ -631,34 +638,36 @@ struct FlowClient {
         }
     }
 
-    /// Records what the tap saw; closes it a second after every flow answered again after the
-    /// first mark, 15 s after it opened, or when the client stops.
+    /// Records what the taps saw; closes them a second after every TCP flow answered again
+    /// after the first mark, 15 s after they opened, or when the client stops. A flow keeps at
+    /// most `DrillFlowRecord.tapLimit` times of each kind.
     mutating func readTap(closing: Bool) {
-        guard var t = tap, var a = arrivalTap else { return }
+        guard let t = tap, let a = arrivalTap else { return }
         let offset = realtimeOffset
+        let limit = DrillFlowRecord.tapLimit
         a.drain { port, realtime in
-            guard let i = byPort[port], (flows[i].record.arrivals?.count ?? 128) < 128 else { return }
+            guard let i = byPort[port], (flows[i].record.arrivals?.count ?? limit) < limit else { return }
             flows[i].record.arrivals!.append(UInt64(clamping: Int64(realtime) - offset))
         }
         t.drain { port, realtime in
-            guard let i = byPort[port], (flows[i].record.transmits?.count ?? 128) < 128 else { return }
+            guard let i = byPort[port], (flows[i].record.transmits?.count ?? limit) < limit else { return }
             flows[i].record.transmits!.append(UInt64(clamping: Int64(realtime) - offset))
         }
-        tap = t
-        arrivalTap = a
         let now = monotonicNanoseconds()
         var done = closing || now - tapOpened > 15_000_000_000
         if !done, !marks.isEmpty {
+            // TCP flows only (the taps record nothing of UDP ones).
             var latest: UInt64 = 0
             done = flows.allSatisfy { f in
-                guard f.record.status == "open" else { return true }
+                guard f.isTCP, f.record.status == "open" else { return true }
                 guard let a = f.record.markAfter.first ?? nil else { return false }
                 latest = max(latest, a)
                 return true
             } && now > latest + 1_000_000_000
         }
         if done {
-            tapDrops = t.takeDrops() + a.takeDrops()
+            // Lost to the record: dropped by the kernel for want of buffer, or without a time.
+            tapDrops = (t.takeDrops() ?? 0) &+ (a.takeDrops() ?? 0) &+ t.unstamped &+ a.unstamped
             t.close()
             a.close()
             tap = nil

@@ -40,6 +40,9 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         var reconcileNow = false
         /// The scope widened and the reconciliation that catches up has not succeeded yet.
         var catchingUp = false
+        /// Counts the widenings: a reconciliation whose dump began before the last one (the
+        /// scope narrowed and widened again meanwhile) does not end the catching up.
+        var widenings = 0
     }
 
     private let state = Mutex(State())
@@ -50,6 +53,10 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
     /// Gets (the sync delay's probes), on a socket of their own, opened at the first use.
     private let getter: Mutex<ConntrackNetlink?> = Mutex(nil)
     private let stopped = Atomic<Bool>(false)
+    /// `eventScope == .all && !catchingUp`, kept beside the state at each change: read by the
+    /// sync connections' event loops, which must not wait for the state lock while a
+    /// reconciliation of a million entries holds it.
+    private let wholeTable = Atomic<Bool>(true)
     private var thread: Thread?
 
     /// The value `nf_conntrack_events` had in the namespace before this dataplane set it to 1.
@@ -117,10 +124,14 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
     /// periodic reconciliations. A failed leave only costs the echoes' reading.
     public func setEventScope(_ scope: DataplaneEventScope) {
         let changed = state.withLock { s in
-            defer { s.eventScope = scope }
+            defer {
+                s.eventScope = scope
+                wholeTable.store(scope == .all && !s.catchingUp, ordering: .relaxed)
+            }
             if s.eventScope != scope && scope == .all {
                 s.reconcileNow = true
                 s.catchingUp = true
+                s.widenings += 1
             }
             return s.eventScope != scope
         }
@@ -142,7 +153,7 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
 
     public var eventScope: DataplaneEventScope { state.withLock { $0.eventScope } }
 
-    public var followsWholeTable: Bool { state.withLock { $0.eventScope == .all && !$0.catchingUp } }
+    public var followsWholeTable: Bool { wholeTable.load(ordering: .relaxed) }
 
     /// Whether a conntrack enters the mirror: established (TCP ESTABLISHED, others seen both
     /// ways) and not excluded (`isSyncExcluded`; `SyncRules.isEligible` is the same rule).
@@ -455,6 +466,7 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
         // Drop what is queued first: every change from here on is either in the dump or arrives
         // as an event after it (and compares equal to the mirror if it is both).
         _ = try? events.readEvents()
+        let widenings = state.withLock { $0.widenings }
         let table: [Conntrack]
         // Held from the dump until the new mirror is in place (see `write`).
         writeLock.lock()
@@ -485,7 +497,10 @@ public final class KernelDataplane: Dataplane, @unchecked Sendable {
             }
             for c in s.mirror.entries where fresh[c.key] == nil { changes.append(.delete(c.key)) }
             s.mirror = fresh
-            s.catchingUp = false
+            if s.widenings == widenings {
+                s.catchingUp = false
+                wholeTable.store(s.eventScope == .all, ordering: .relaxed)
+            }
             s.subscribers.deliver(changes)
         }
     }

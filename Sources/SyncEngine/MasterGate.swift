@@ -298,14 +298,23 @@ final class MasterGate: @unchecked Sendable {
                     // takes over; the keys alone, and sets built and probed in slot order
                     // (`ConntrackKeySet(distinct:)`, `containsEach`), keep it to a few passes.
                     let tableKeys = dataplane.snapshotKeys()
-                    let held = ConntrackKeySet(distinct: heldList)
+                    // Room for the whole table: the held set becomes the policy's synced set, and
+                    // the rest of the table joins it as the policy syncs it (no rebuild of a
+                    // million keys during the takeover).
+                    let held = ConntrackKeySet(distinct: heldList, minimumCapacity: tableKeys.count)
                     let isHeld = held.containsEach(tableKeys)
                     var others: [ConntrackKey] = []
                     for (i, k) in tableKeys.enumerated() where !isHeld[i] { others.append(k) }
                     adopted = tableKeys.count - others.count
-                    // Usually every held entry is in the table: the held set itself is adopted.
-                    policy.adoptSynced(set: adopted == held.count
-                        ? held : ConntrackKeySet(distinct: tableKeys.indices.filter { isHeld[$0] }.map { tableKeys[$0] }))
+                    if adopted == held.count {
+                        // Usually every held entry is in the table: the held set itself is adopted.
+                        policy.adoptSynced(set: held)
+                    } else {
+                        var kept: [ConntrackKey] = []
+                        kept.reserveCapacity(adopted)
+                        for (i, k) in tableKeys.enumerated() where isHeld[i] { kept.append(k) }
+                        policy.adoptSynced(set: ConntrackKeySet(distinct: kept, minimumCapacity: tableKeys.count))
+                    }
                     for c in dataplane.snapshot(keys: others) { _ = policy.changed(c, at: now) }
                 }
                 state.withLock { s in

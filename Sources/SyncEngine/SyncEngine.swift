@@ -242,7 +242,12 @@ public final class SyncEngine: Sendable {
     /// retransmissions need the CPU; what changed meanwhile is found by the reconciliation the
     /// wider scope starts with (the peer is gone then; a returning one gets it as updates).
     private func applyEventScope(_ role: SyncRole) {
-        guard holder != nil else { return }
+        // Without holding, nothing this node writes comes back as events: the whole table,
+        // whatever an earlier engine of the VRF had set.
+        guard holder != nil else {
+            dataplane.setEventScope(.all)
+            return
+        }
         let deferred = state.withLock { s in
             s.scopeAfterRearm = role == .master && s.switchAt != nil
             return s.scopeAfterRearm

@@ -50,19 +50,21 @@ import Testing
     @Test("a set built from distinct keys in slot order, and a batch probed in slot order, agree with Swift's Set; the built set then inserts and removes as any other")
     func bulkBuildAndProbe() {
         var rng = SplitMix(state: 7)
-        for size in [0, 1, 17, 5_000, 20_000] {
-            let members = Array(Set((0..<size).map { _ in key(UInt64.random(in: 0..<40_000, using: &rng)) }))
+        // 70,000: an index of more than 2^16 slots, placed and probed in order of slot regions.
+        for size in [0, 1, 17, 5_000, 20_000, 70_000] {
+            let range = UInt64(max(40_000, 2 * size))
+            let members = Array(Set((0..<size).map { _ in key(UInt64.random(in: 0..<range, using: &rng)) }))
             let model = Set(members)
             var built = ConntrackKeySet(distinct: members)
             #expect(built.count == model.count, "size \(size)")
             #expect(Set(built) == model, "size \(size)")
             // A batch of members and strangers, some repeated, in a random order.
-            let probe = (0..<(size + 100)).map { _ in key(UInt64.random(in: 0..<40_000, using: &rng)) }
+            let probe = (0..<(size + 100)).map { _ in key(UInt64.random(in: 0..<range, using: &rng)) }
             #expect(built.containsEach(probe) == probe.map(model.contains), "size \(size)")
             #expect(built.containsEach([]) == [])
             var after = model
             for _ in 0..<10_000 {
-                let k = key(UInt64.random(in: 0..<40_000, using: &rng))
+                let k = key(UInt64.random(in: 0..<range, using: &rng))
                 if Bool.random(using: &rng) {
                     #expect(built.insert(k) == after.insert(k).inserted)
                 } else {

@@ -1,6 +1,8 @@
 import ConntrackModel
 import Dataplane
 import Foundation
+import Logging
+import NIOPosix
 import SyncEngine
 import SyncPolicy
 import Testing
@@ -55,6 +57,10 @@ final class FlakyDataplane: Dataplane, @unchecked Sendable {
         set { lock.withLock { isComplete = newValue } }
     }
     var followsWholeTable: Bool { complete }
+    /// The event scopes the engine asked for, in order.
+    private var scopeLog: [DataplaneEventScope] = []
+    var scopes: [DataplaneEventScope] { lock.withLock { scopeLog } }
+    func setEventScope(_ scope: DataplaneEventScope) { lock.withLock { scopeLog.append(scope) } }
     var vrf: String { inner.vrf }
     var count: Int { inner.count }
     func dump() throws -> [Conntrack] { inner.dump() }
@@ -117,6 +123,28 @@ struct HolderTests {
         let stats = try #require(pair.e2.holderStatistics)
         #expect(stats.refused == 0 && stats.failedBatches >= 1)
         await pair.shutdown()
+    }
+
+    @Test("the event scope follows the role while the engine holds; an engine that does not hold follows the whole table")
+    func eventScopes() async throws {
+        let holding = FlakyDataplane()
+        let pair = try await Pair.make(connections: 1, logLevel: .critical, dataplane2: holding)
+        pair.e2.setRole(.backup)
+        #expect(holding.scopes.last == .deletions)
+        pair.e2.setRole(.master)
+        #expect(holding.scopes.last == .all)
+        await pair.shutdown()
+        // An engine without holding, on a dataplane an earlier engine left at deletions only.
+        let plain = FlakyDataplane()
+        plain.setEventScope(.deletions)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let engine = SyncEngine(
+            settings: Pair.settings(node: "ha2", source: "127.0.0.2", peer: "127.0.0.1", peerName: "ha1", connections: 1),
+            tls: try TestPKI.material(TestPKI.ha2), dataplane: plain, group: group, logger: Logger(label: "test"), hold: nil)
+        engine.setRole(.backup)
+        #expect(plain.scopes == [.deletions, .all])
+        await engine.shutdown()
+        try await group.shutdownGracefully()
     }
 
     @Test("a node taking over adopts as synced the held entries still in its table, and judges the rest of the table as new")
